@@ -1,0 +1,25 @@
+//! hexcast-core: the domain model every stage shares (incidents, alerts, subscriptions,
+//! areas, the category taxonomy), the [`Stage`] trait with injected time, record codecs and
+//! the H3 helpers. It must never do I/O, read a clock, or depend on tokio, rdkafka or tonic:
+//! the dependency graph enforces that stage logic stays pure and testable without a broker.
+
+pub mod cells;
+pub mod geo;
+pub mod model;
+pub mod record;
+pub mod stage;
+pub mod taxonomy;
+pub mod time;
+
+pub use geo::{Area, GeoError, LatLng};
+pub use model::{
+    Alert, DecodeModelError, EventKind, Incident, IncidentEvent, IndexedAlert, NotificationBatch,
+    PolicyDecision, Sensitive, Subscription, SubscriptionFilter,
+};
+pub use record::{DecodeError, FromRecord, InRecord, IntoRecord, OutRecord, Topic, header};
+pub use stage::{ReasonCode, Stage, StageCtx};
+pub use taxonomy::Category;
+pub use time::Timestamp;
+
+/// Enums shared with the wire format (prost generates plain Rust enums for them).
+pub use hexcast_proto::v1::{Certainty, Decision, IncidentStatus, Severity, Urgency};

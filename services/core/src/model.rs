@@ -1,0 +1,665 @@
+//! The domain model: what flows between stages, validated. Conversions to and from the
+//! protobuf wire types happen here and only here, so a stage can rely on every field being
+//! present and in range (a category from the taxonomy, coordinates that are real, ids that
+//! are not empty).
+
+use h3o::CellIndex;
+use hexcast_proto::v1 as pb;
+
+use crate::geo::{Area, GeoError, LatLng};
+use crate::record::{DecodeError, FromRecord, InRecord, IntoRecord, OutRecord, Topic, decode_proto};
+use crate::taxonomy::{Category, UnknownCategory};
+use crate::time::Timestamp;
+use crate::{Certainty, Decision, IncidentStatus, Severity, Urgency};
+
+/// Why a wire message is not a valid domain value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeModelError {
+    /// A required field is missing or empty.
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    /// A geometry is invalid.
+    #[error("invalid `{field}`: {source}")]
+    Geo { field: &'static str, source: GeoError },
+    /// The category is not in the taxonomy.
+    #[error(transparent)]
+    Category(#[from] UnknownCategory),
+    /// An enum value this version does not know.
+    #[error("unknown value {value} for `{field}`")]
+    UnknownEnum { field: &'static str, value: i32 },
+}
+
+fn geo_err(field: &'static str) -> impl FnOnce(GeoError) -> DecodeModelError {
+    move |source| DecodeModelError::Geo { field, source }
+}
+
+fn non_empty(s: String, field: &'static str) -> Result<String, DecodeModelError> {
+    if s.is_empty() { Err(DecodeModelError::Missing(field)) } else { Ok(s) }
+}
+
+fn opt_ts(ms: i64) -> Option<Timestamp> {
+    (ms != 0).then_some(Timestamp(ms))
+}
+
+fn enum_of<E: TryFrom<i32>>(field: &'static str, value: i32) -> Result<E, DecodeModelError> {
+    E::try_from(value).map_err(|_| DecodeModelError::UnknownEnum { field, value })
+}
+
+/// Personal and operational data. Only ingest and dedup may hold it; policy never copies it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sensitive {
+    /// Names of persons.
+    pub names: Vec<String>,
+    /// Phone numbers.
+    pub phones: Vec<String>,
+    /// Medical details.
+    pub medical_notes: Vec<String>,
+    /// Units dispatched.
+    pub unit_count: u32,
+    /// Precise street address.
+    pub address: String,
+    /// Source free text.
+    pub free_text: String,
+}
+
+/// A canonical incident.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incident {
+    /// `<source>:<source_id>`, or a merged id chosen by dedup.
+    pub id: String,
+    /// Producer identity.
+    pub source: String,
+    /// The source's own id.
+    pub source_id: String,
+    /// Monotonic version at the source.
+    pub version: i64,
+    /// Canonical category.
+    pub category: Category,
+    /// The feed's own call type.
+    pub raw_type: String,
+    /// Severity.
+    pub severity: Severity,
+    /// Urgency.
+    pub urgency: Urgency,
+    /// Certainty.
+    pub certainty: Certainty,
+    /// Status at the source.
+    pub status: IncidentStatus,
+    /// When it happened.
+    pub occurred_at: Timestamp,
+    /// When the source last changed it.
+    pub updated_at: Timestamp,
+    /// When it stops being relevant.
+    pub expires_at: Option<Timestamp>,
+    /// Precise location, when the source gives a point.
+    pub location: Option<LatLng>,
+    /// Areas given by the source.
+    pub areas: Vec<Area>,
+    /// Personal data.
+    pub sensitive: Sensitive,
+    /// Source id this one updates or cancels.
+    pub references: Option<String>,
+    /// Whether it threatens the community at large.
+    pub community_threat: bool,
+    /// When the raw record was published.
+    pub published_at: Option<Timestamp>,
+}
+
+impl Incident {
+    /// The canonical id for a source and its own id.
+    pub fn make_id(source: &str, source_id: &str) -> String {
+        format!("{source}:{source_id}")
+    }
+
+    /// Whether the source has closed or cancelled it.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.status, IncidentStatus::Closed | IncidentStatus::Cancelled)
+    }
+}
+
+impl From<&Sensitive> for pb::SensitiveData {
+    fn from(s: &Sensitive) -> Self {
+        pb::SensitiveData {
+            names: s.names.clone(),
+            phones: s.phones.clone(),
+            medical_notes: s.medical_notes.clone(),
+            unit_count: s.unit_count,
+            address: s.address.clone(),
+            free_text: s.free_text.clone(),
+        }
+    }
+}
+
+impl From<pb::SensitiveData> for Sensitive {
+    fn from(s: pb::SensitiveData) -> Self {
+        Sensitive {
+            names: s.names,
+            phones: s.phones,
+            medical_notes: s.medical_notes,
+            unit_count: s.unit_count,
+            address: s.address,
+            free_text: s.free_text,
+        }
+    }
+}
+
+impl From<&Incident> for pb::Incident {
+    fn from(i: &Incident) -> Self {
+        pb::Incident {
+            id: i.id.clone(),
+            source: i.source.clone(),
+            source_id: i.source_id.clone(),
+            version: i.version,
+            category: i.category.as_str().to_owned(),
+            raw_type: i.raw_type.clone(),
+            severity: i.severity as i32,
+            urgency: i.urgency as i32,
+            certainty: i.certainty as i32,
+            status: i.status as i32,
+            occurred_at_ms: i.occurred_at.0,
+            updated_at_ms: i.updated_at.0,
+            expires_at_ms: i.expires_at.map_or(0, |t| t.0),
+            location: i.location.map(Into::into),
+            areas: i.areas.iter().map(Into::into).collect(),
+            sensitive: Some((&i.sensitive).into()),
+            references: i.references.clone().unwrap_or_default(),
+            community_threat: i.community_threat,
+            published_at_ms: i.published_at.map_or(0, |t| t.0),
+        }
+    }
+}
+
+impl TryFrom<pb::Incident> for Incident {
+    type Error = DecodeModelError;
+    fn try_from(p: pb::Incident) -> Result<Self, Self::Error> {
+        let location = p.location.as_ref().map(LatLng::try_from).transpose().map_err(geo_err("location"))?;
+        let areas = p.areas.iter().map(Area::try_from).collect::<Result<Vec<_>, _>>().map_err(geo_err("areas"))?;
+        if location.is_none() && areas.is_empty() {
+            return Err(DecodeModelError::Missing("location"));
+        }
+        Ok(Incident {
+            id: non_empty(p.id, "id")?,
+            source: non_empty(p.source, "source")?,
+            source_id: non_empty(p.source_id, "source_id")?,
+            version: p.version,
+            category: Category::parse(&p.category)?,
+            raw_type: p.raw_type,
+            severity: enum_of("severity", p.severity)?,
+            urgency: enum_of("urgency", p.urgency)?,
+            certainty: enum_of("certainty", p.certainty)?,
+            status: enum_of("status", p.status)?,
+            occurred_at: Timestamp(p.occurred_at_ms),
+            updated_at: Timestamp(p.updated_at_ms),
+            expires_at: opt_ts(p.expires_at_ms),
+            location,
+            areas,
+            sensitive: p.sensitive.map(Into::into).unwrap_or_default(),
+            references: (!p.references.is_empty()).then_some(p.references),
+            community_threat: p.community_threat,
+            published_at: opt_ts(p.published_at_ms),
+        })
+    }
+}
+
+impl FromRecord for Incident {
+    fn from_record(record: &InRecord) -> Result<Self, DecodeError> {
+        decode_proto::<pb::Incident, _>(record)
+    }
+}
+
+impl IntoRecord for Incident {
+    fn into_record(self) -> OutRecord {
+        OutRecord::proto(Topic::Normalized, self.id.clone(), &pb::Incident::from(&self), "hexcast.v1.Incident")
+    }
+}
+
+/// What dedup decided an incident report is.
+pub use hexcast_proto::v1::EventKind;
+
+/// One deduplicated incident event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentEvent {
+    /// New, update or close.
+    pub kind: EventKind,
+    /// The merged incident.
+    pub incident: Incident,
+    /// Source reports merged so far.
+    pub merged_ids: Vec<String>,
+}
+
+impl From<&IncidentEvent> for pb::IncidentEvent {
+    fn from(e: &IncidentEvent) -> Self {
+        pb::IncidentEvent {
+            kind: e.kind as i32,
+            incident: Some((&e.incident).into()),
+            merged_ids: e.merged_ids.clone(),
+        }
+    }
+}
+
+impl TryFrom<pb::IncidentEvent> for IncidentEvent {
+    type Error = DecodeModelError;
+    fn try_from(p: pb::IncidentEvent) -> Result<Self, Self::Error> {
+        let kind: EventKind = enum_of("kind", p.kind)?;
+        if kind == EventKind::Unspecified {
+            return Err(DecodeModelError::Missing("kind"));
+        }
+        Ok(IncidentEvent {
+            kind,
+            incident: p.incident.ok_or(DecodeModelError::Missing("incident"))?.try_into()?,
+            merged_ids: p.merged_ids,
+        })
+    }
+}
+
+impl FromRecord for IncidentEvent {
+    fn from_record(record: &InRecord) -> Result<Self, DecodeError> {
+        decode_proto::<pb::IncidentEvent, _>(record)
+    }
+}
+
+impl IntoRecord for IncidentEvent {
+    fn into_record(self) -> OutRecord {
+        OutRecord::proto(
+            Topic::Unique,
+            self.incident.id.clone(),
+            &pb::IncidentEvent::from(&self),
+            "hexcast.v1.IncidentEvent",
+        )
+    }
+}
+
+/// A redacted public alert. Holds no personal data by construction: it has no field that
+/// could carry a name, phone, address or source free text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    /// Stable alert id.
+    pub alert_id: String,
+    /// Incident it was made from.
+    pub incident_id: String,
+    /// New, update or close.
+    pub kind: EventKind,
+    /// Category.
+    pub category: Category,
+    /// Severity.
+    pub severity: Severity,
+    /// Urgency.
+    pub urgency: Urgency,
+    /// Headline from a template.
+    pub headline: String,
+    /// Coarse location cell; its centroid is shown to users.
+    pub coarse_cell: CellIndex,
+    /// Area to notify.
+    pub target: Area,
+    /// When it happened.
+    pub occurred_at: Timestamp,
+    /// When policy issued it.
+    pub issued_at: Timestamp,
+    /// When it expires.
+    pub expires_at: Option<Timestamp>,
+    /// Attributes a subscriber needs to receive it; empty: public.
+    pub required_attributes: Vec<String>,
+    /// Policy rule that allowed it.
+    pub rule: String,
+    /// When the raw record was published.
+    pub published_at: Option<Timestamp>,
+}
+
+impl From<&Alert> for pb::Alert {
+    fn from(a: &Alert) -> Self {
+        let centroid = h3o::LatLng::from(a.coarse_cell);
+        pb::Alert {
+            alert_id: a.alert_id.clone(),
+            incident_id: a.incident_id.clone(),
+            kind: a.kind as i32,
+            category: a.category.as_str().to_owned(),
+            severity: a.severity as i32,
+            urgency: a.urgency as i32,
+            headline: a.headline.clone(),
+            coarse_location: Some(pb::LatLng { lat: centroid.lat(), lng: centroid.lng() }),
+            coarse_cell: u64::from(a.coarse_cell),
+            target: Some((&a.target).into()),
+            occurred_at_ms: a.occurred_at.0,
+            issued_at_ms: a.issued_at.0,
+            expires_at_ms: a.expires_at.map_or(0, |t| t.0),
+            required_attributes: a.required_attributes.clone(),
+            rule: a.rule.clone(),
+            published_at_ms: a.published_at.map_or(0, |t| t.0),
+        }
+    }
+}
+
+impl TryFrom<pb::Alert> for Alert {
+    type Error = DecodeModelError;
+    fn try_from(p: pb::Alert) -> Result<Self, Self::Error> {
+        let target = p.target.as_ref().ok_or(DecodeModelError::Missing("target"))?;
+        Ok(Alert {
+            alert_id: non_empty(p.alert_id, "alert_id")?,
+            incident_id: non_empty(p.incident_id, "incident_id")?,
+            kind: enum_of("kind", p.kind)?,
+            category: Category::parse(&p.category)?,
+            severity: enum_of("severity", p.severity)?,
+            urgency: enum_of("urgency", p.urgency)?,
+            headline: p.headline,
+            coarse_cell: CellIndex::try_from(p.coarse_cell)
+                .map_err(|_| DecodeModelError::Geo { field: "coarse_cell", source: GeoError::InvalidCell(p.coarse_cell) })?,
+            target: Area::try_from(target).map_err(geo_err("target"))?,
+            occurred_at: Timestamp(p.occurred_at_ms),
+            issued_at: Timestamp(p.issued_at_ms),
+            expires_at: opt_ts(p.expires_at_ms),
+            required_attributes: p.required_attributes,
+            rule: p.rule,
+            published_at: opt_ts(p.published_at_ms),
+        })
+    }
+}
+
+impl FromRecord for Alert {
+    fn from_record(record: &InRecord) -> Result<Self, DecodeError> {
+        decode_proto::<pb::Alert, _>(record)
+    }
+}
+
+impl IntoRecord for Alert {
+    fn into_record(self) -> OutRecord {
+        OutRecord::proto(Topic::Alerts, self.alert_id.clone(), &pb::Alert::from(&self), "hexcast.v1.Alert")
+    }
+}
+
+/// One policy decision, for the audit topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyDecision {
+    /// Incident decided on.
+    pub incident_id: String,
+    /// Outcome.
+    pub decision: Decision,
+    /// Rule that decided.
+    pub rule: String,
+    /// Reason code.
+    pub reason: &'static str,
+    /// Category.
+    pub category: Category,
+    /// When.
+    pub decided_at: Timestamp,
+    /// Alert id, when allowed.
+    pub alert_id: Option<String>,
+    /// Reviewer, for human decisions.
+    pub reviewer: Option<String>,
+}
+
+impl IntoRecord for PolicyDecision {
+    fn into_record(self) -> OutRecord {
+        let msg = pb::PolicyDecision {
+            incident_id: self.incident_id.clone(),
+            decision: self.decision as i32,
+            rule: self.rule,
+            reason: self.reason.to_owned(),
+            category: self.category.as_str().to_owned(),
+            decided_at_ms: self.decided_at.0,
+            alert_id: self.alert_id.unwrap_or_default(),
+            reviewer: self.reviewer.unwrap_or_default(),
+        };
+        OutRecord::proto(Topic::Audit, self.incident_id, &msg, "hexcast.v1.PolicyDecision")
+    }
+}
+
+/// An alert routed to one shard with its cover cells in that shard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexedAlert {
+    /// The alert.
+    pub alert: Alert,
+    /// This record's shard.
+    pub shard: u32,
+    /// Every shard the cover touches, ascending.
+    pub shards: Vec<u32>,
+    /// Cover cells inside this shard's territory.
+    pub cells: Vec<CellIndex>,
+}
+
+impl From<&IndexedAlert> for pb::IndexedAlert {
+    fn from(a: &IndexedAlert) -> Self {
+        pb::IndexedAlert {
+            alert: Some((&a.alert).into()),
+            shard: a.shard,
+            shards: a.shards.clone(),
+            cells: a.cells.iter().map(|&c| u64::from(c)).collect(),
+        }
+    }
+}
+
+fn cells_from(raw: &[u64], field: &'static str) -> Result<Vec<CellIndex>, DecodeModelError> {
+    raw.iter()
+        .map(|&c| CellIndex::try_from(c).map_err(|_| DecodeModelError::Geo { field, source: GeoError::InvalidCell(c) }))
+        .collect()
+}
+
+impl TryFrom<pb::IndexedAlert> for IndexedAlert {
+    type Error = DecodeModelError;
+    fn try_from(p: pb::IndexedAlert) -> Result<Self, Self::Error> {
+        Ok(IndexedAlert {
+            alert: p.alert.ok_or(DecodeModelError::Missing("alert"))?.try_into()?,
+            shard: p.shard,
+            shards: p.shards,
+            cells: cells_from(&p.cells, "cells")?,
+        })
+    }
+}
+
+impl FromRecord for IndexedAlert {
+    fn from_record(record: &InRecord) -> Result<Self, DecodeError> {
+        decode_proto::<pb::IndexedAlert, _>(record)
+    }
+}
+
+impl IntoRecord for IndexedAlert {
+    fn into_record(self) -> OutRecord {
+        let partition = self.shard as i32;
+        OutRecord::proto(Topic::Indexed, self.alert.alert_id.clone(), &pb::IndexedAlert::from(&self), "hexcast.v1.IndexedAlert")
+            .on_partition(partition)
+    }
+}
+
+/// What a subscriber accepts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubscriptionFilter {
+    /// Category prefixes; empty: all.
+    pub categories: Vec<String>,
+    /// Minimum severity.
+    pub min_severity: Severity,
+    /// Attributes of the subscriber.
+    pub attributes: Vec<String>,
+}
+
+impl SubscriptionFilter {
+    /// Whether an alert passes this filter.
+    pub fn accepts(&self, alert: &Alert) -> bool {
+        let category_ok =
+            self.categories.is_empty() || self.categories.iter().any(|p| alert.category.matches_prefix(p));
+        let severity_ok = self.min_severity == Severity::Unspecified || alert.severity >= self.min_severity;
+        let attributes_ok = alert.required_attributes.iter().all(|a| self.attributes.contains(a));
+        category_ok && severity_ok && attributes_ok
+    }
+}
+
+/// A stored subscription: areas only as H3 cells.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscription {
+    /// Tenant (push backend).
+    pub tenant: String,
+    /// Subscriber id within the tenant.
+    pub subscriber_id: String,
+    /// Cells of the subscriber's areas, at the configured precision.
+    pub cells: Vec<CellIndex>,
+    /// Filters.
+    pub filter: SubscriptionFilter,
+    /// Shards the cells touch, ascending.
+    pub shards: Vec<u32>,
+    /// Last change.
+    pub updated_at: Timestamp,
+}
+
+impl Subscription {
+    /// The record key on the subscriptions topic: `<tenant>/<subscriber_id>`.
+    pub fn key(&self) -> String {
+        subscription_key(&self.tenant, &self.subscriber_id)
+    }
+}
+
+/// The record key of a subscription.
+pub fn subscription_key(tenant: &str, subscriber_id: &str) -> String {
+    format!("{tenant}/{subscriber_id}")
+}
+
+impl From<&Subscription> for pb::Subscription {
+    fn from(s: &Subscription) -> Self {
+        pb::Subscription {
+            subscriber_id: s.subscriber_id.clone(),
+            tenant: s.tenant.clone(),
+            areas: vec![(&Area::Cells(s.cells.clone())).into()],
+            filter: Some(pb::SubscriptionFilter {
+                categories: s.filter.categories.clone(),
+                min_severity: s.filter.min_severity as i32,
+                attributes: s.filter.attributes.clone(),
+            }),
+            shards: s.shards.clone(),
+            updated_at_ms: s.updated_at.0,
+        }
+    }
+}
+
+impl TryFrom<pb::Subscription> for Subscription {
+    type Error = DecodeModelError;
+    /// Only the stored form is accepted here: areas as cells. Raw geometry from the API is
+    /// turned into cells by the push service before it ever becomes a `Subscription`.
+    fn try_from(p: pb::Subscription) -> Result<Self, Self::Error> {
+        let mut cells = Vec::new();
+        for a in &p.areas {
+            match Area::try_from(a).map_err(geo_err("areas"))? {
+                Area::Cells(c) => cells.extend(c),
+                _ => return Err(DecodeModelError::Missing("areas (as cells)")),
+            }
+        }
+        let filter = p.filter.unwrap_or_default();
+        Ok(Subscription {
+            tenant: non_empty(p.tenant, "tenant")?,
+            subscriber_id: non_empty(p.subscriber_id, "subscriber_id")?,
+            cells,
+            filter: SubscriptionFilter {
+                categories: filter.categories,
+                min_severity: enum_of("filter.min_severity", filter.min_severity)?,
+                attributes: filter.attributes,
+            },
+            shards: p.shards,
+            updated_at: Timestamp(p.updated_at_ms),
+        })
+    }
+}
+
+/// One alert for many subscribers of one tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotificationBatch {
+    /// The alert.
+    pub alert: Alert,
+    /// Tenant.
+    pub tenant: String,
+    /// Subscribers.
+    pub subscriber_ids: Vec<String>,
+    /// Part index among the batches of this alert and tenant.
+    pub part: u32,
+    /// Number of parts.
+    pub parts: u32,
+}
+
+impl From<&NotificationBatch> for pb::NotificationBatch {
+    fn from(n: &NotificationBatch) -> Self {
+        pb::NotificationBatch {
+            alert: Some((&n.alert).into()),
+            tenant: n.tenant.clone(),
+            subscriber_ids: n.subscriber_ids.clone(),
+            cursor: String::new(),
+            part: n.part,
+            parts: n.parts,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn incident() -> Incident {
+        Incident {
+            id: "montco:1".into(),
+            source: "montco".into(),
+            source_id: "1".into(),
+            version: 3,
+            category: Category::parse("fire.structure").expect("known"),
+            raw_type: "Fire: BUILDING FIRE".into(),
+            severity: Severity::Severe,
+            urgency: Urgency::Immediate,
+            certainty: Certainty::Observed,
+            status: IncidentStatus::Active,
+            occurred_at: Timestamp(1_450_000_000_000),
+            updated_at: Timestamp(1_450_000_060_000),
+            expires_at: None,
+            location: Some(LatLng::new(40.29, -75.58).expect("valid")),
+            areas: vec![],
+            sensitive: Sensitive { names: vec!["A. Person".into()], address: "1 MAIN ST".into(), ..Default::default() },
+            references: None,
+            community_threat: true,
+            published_at: Some(Timestamp(1_450_000_061_000)),
+        }
+    }
+
+    #[test]
+    fn incident_round_trips_through_proto() {
+        let i = incident();
+        let back = Incident::try_from(pb::Incident::from(&i)).expect("valid");
+        assert_eq!(i, back);
+    }
+
+    #[test]
+    fn incident_without_location_is_refused() {
+        let mut p = pb::Incident::from(&incident());
+        p.location = None;
+        assert_eq!(Incident::try_from(p), Err(DecodeModelError::Missing("location")));
+    }
+
+    #[test]
+    fn incident_with_unknown_category_is_refused() {
+        let mut p = pb::Incident::from(&incident());
+        p.category = "crime.jaywalking".into();
+        assert!(matches!(Incident::try_from(p), Err(DecodeModelError::Category(_))));
+    }
+
+    #[test]
+    fn filter_checks_category_severity_and_attributes() {
+        let c = LatLng::new(40.29, -75.58).expect("valid");
+        let alert = Alert {
+            alert_id: "a".into(),
+            incident_id: "i".into(),
+            kind: EventKind::New,
+            category: Category::parse("medical.cardiac_arrest").expect("known"),
+            severity: Severity::Severe,
+            urgency: Urgency::Immediate,
+            headline: String::new(),
+            coarse_cell: c.cell(h3o::Resolution::Nine),
+            target: Area::circle(c, 400.0).expect("valid"),
+            occurred_at: Timestamp(0),
+            issued_at: Timestamp(0),
+            expires_at: None,
+            required_attributes: vec!["cpr_trained".into()],
+            rule: "r".into(),
+            published_at: None,
+        };
+        let mut f = SubscriptionFilter::default();
+        assert!(!f.accepts(&alert), "attribute required");
+        f.attributes.push("cpr_trained".into());
+        assert!(f.accepts(&alert));
+        f.categories.push("crime".into());
+        assert!(!f.accepts(&alert));
+        f.categories.push("medical".into());
+        f.min_severity = Severity::Extreme;
+        assert!(!f.accepts(&alert));
+    }
+}
