@@ -412,7 +412,7 @@ pub struct IndexedAlert {
     pub shard: u32,
     /// Every shard the cover touches, ascending.
     pub shards: Vec<u32>,
-    /// Cover cells inside this shard's territory.
+    /// The whole cover (every shard's cells), sorted.
     pub cells: Vec<CellIndex>,
 }
 

@@ -1,1 +1,17 @@
-//! placeholder
+//! hexcast-runtime: the only crate that talks to Kafka. It holds the one stage runner
+//! (consume, decode, process, produce, commit in one transaction, dead-letter), topic
+//! layout and creation, the embedded broker, layered configuration, metrics and shutdown.
+//! It must never contain stage logic: stages are plain `hexcast_core::Stage`s.
+
+pub mod broker;
+pub mod config;
+pub mod runner;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topics;
+
+pub use broker::EmbeddedBroker;
+pub use config::{Delivery, KafkaConfig, MetricsConfig, RunnerConfig, TopicsConfig};
+pub use runner::{Clock, FaultInjection, Runtime, StageHandle, spawn_stage, system_clock};
+pub use telemetry::StageStats;
+pub use topics::{TopicNames, TopicSpec, ensure_topics, specs};

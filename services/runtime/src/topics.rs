@@ -1,0 +1,126 @@
+//! Topic names and layouts. Every topic's partitions, retention and cleanup policy are
+//! decided here, once, and created at start (idempotently) on Apache Kafka or on the
+//! embedded broker; a running stage never creates a topic by accident.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hexcast_core::Topic;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::{KafkaConfig, TopicsConfig};
+
+/// Real topic names: base names with the configured prefix.
+#[derive(Debug, Clone)]
+pub struct TopicNames {
+    names: Vec<String>,
+}
+
+impl TopicNames {
+    /// Names with `prefix` prepended.
+    pub fn new(prefix: &str) -> Self {
+        Self { names: Topic::ALL.iter().map(|t| format!("{prefix}{}", t.base_name())).collect() }
+    }
+
+    /// The real name of `topic`.
+    pub fn name(&self, topic: Topic) -> &str {
+        &self.names[topic.index()]
+    }
+
+    /// The logical topic of a real name.
+    pub fn topic_of(&self, name: &str) -> Option<Topic> {
+        Topic::ALL.iter().copied().find(|t| self.name(*t) == name)
+    }
+}
+
+/// How one topic is laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Real name.
+    pub name: String,
+    /// Partitions.
+    pub partitions: i32,
+    /// Log compaction (latest value per key) instead of deletion by age.
+    pub compacted: bool,
+    /// Retention in ms (ignored for compacted topics).
+    pub retention_ms: u64,
+}
+
+/// The layout of every pipeline topic.
+pub fn specs(names: &TopicNames, cfg: &TopicsConfig) -> Vec<TopicSpec> {
+    Topic::ALL
+        .iter()
+        .map(|&t| {
+            let sharded = matches!(t, Topic::Indexed | Topic::Subscriptions);
+            let sensitive = matches!(
+                t,
+                Topic::Raw | Topic::Normalized | Topic::Unique | Topic::DeadLetter | Topic::Review
+            );
+            TopicSpec {
+                name: names.name(t).to_owned(),
+                partitions: if sharded { cfg.shards.get() } else { cfg.partitions.get() } as i32,
+                compacted: t == Topic::Subscriptions,
+                retention_ms: if sensitive { cfg.sensitive_retention_ms } else { cfg.retention_ms },
+            }
+        })
+        .collect()
+}
+
+/// Creates missing topics on a real cluster; existing topics are left as they are.
+pub async fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec], replication: i32) -> anyhow::Result<()> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &kafka.brokers);
+    for (k, v) in &kafka.client {
+        cfg.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> = cfg.create().context("creating Kafka admin client")?;
+    let retention: Vec<String> = specs.iter().map(|s| s.retention_ms.to_string()).collect();
+    let new_topics: Vec<NewTopic<'_>> = specs
+        .iter()
+        .zip(&retention)
+        .map(|(s, ret)| {
+            let t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(replication));
+            if s.compacted {
+                t.set("cleanup.policy", "compact").set("min.compaction.lag.ms", "0")
+            } else {
+                t.set("cleanup.policy", "delete").set("retention.ms", ret)
+            }
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin.create_topics(&new_topics, &opts).await.context("creating topics")?;
+    for r in results {
+        match r {
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("creating topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sharded_topics_have_shard_partitions_and_subscriptions_are_compacted() {
+        let cfg = TopicsConfig {
+            partitions: std::num::NonZeroU32::new(3).expect("nonzero"),
+            shards: std::num::NonZeroU32::new(8).expect("nonzero"),
+            ..TopicsConfig::default()
+        };
+        let names = TopicNames::new("t.");
+        let specs = specs(&names, &cfg);
+        let get = |t: Topic| specs.iter().find(|s| s.name == names.name(t)).expect("spec").clone();
+        assert_eq!(get(Topic::Indexed).partitions, 8);
+        assert_eq!(get(Topic::Subscriptions).partitions, 8);
+        assert!(get(Topic::Subscriptions).compacted);
+        assert_eq!(get(Topic::Raw).partitions, 3);
+        assert_eq!(get(Topic::Raw).retention_ms, cfg.sensitive_retention_ms);
+        assert_eq!(names.topic_of("t.alerts"), Some(Topic::Alerts));
+    }
+}
