@@ -15,6 +15,63 @@ use crate::geo::{Area, LatLng};
 /// 0.12% of the radius (2 m for a 1.6 km circle).
 pub const CIRCLE_SIDES: usize = 64;
 
+/// `[geo]`: the resolutions every spatial component shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, try_from = "RawGeoConfig")]
+pub struct GeoConfig {
+    /// Resolution of subscriber cells and of alert covers. Subscriber locations are stored
+    /// at this precision and no finer.
+    pub precision: Resolution,
+    /// Resolution of a shard territory.
+    pub territory_resolution: Resolution,
+    /// Largest cover accepted for one alert, in cells at `precision`.
+    pub max_cover_cells: usize,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGeoConfig {
+    #[serde(default = "default_precision")]
+    precision: u8,
+    #[serde(default = "default_territory")]
+    territory_resolution: u8,
+    #[serde(default = "default_max_cover")]
+    max_cover_cells: usize,
+}
+
+const fn default_precision() -> u8 {
+    10
+}
+const fn default_territory() -> u8 {
+    3
+}
+const fn default_max_cover() -> usize {
+    2_000_000
+}
+
+impl TryFrom<RawGeoConfig> for GeoConfig {
+    type Error = String;
+    fn try_from(r: RawGeoConfig) -> Result<Self, String> {
+        let precision = Resolution::try_from(r.precision).map_err(|_| format!("precision {} is not 0..=15", r.precision))?;
+        let territory = Resolution::try_from(r.territory_resolution)
+            .map_err(|_| format!("territory_resolution {} is not 0..=15", r.territory_resolution))?;
+        if territory > precision {
+            return Err(format!("territory_resolution {} is finer than precision {}", r.territory_resolution, r.precision));
+        }
+        Ok(Self { precision, territory_resolution: territory, max_cover_cells: r.max_cover_cells })
+    }
+}
+
+impl Default for GeoConfig {
+    fn default() -> Self {
+        Self {
+            precision: Resolution::Ten,
+            territory_resolution: Resolution::Three,
+            max_cover_cells: default_max_cover(),
+        }
+    }
+}
+
 /// Why an area could not be covered.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CoverError {

@@ -1,1 +1,117 @@
-//! placeholder
+//! spatial: covers each alert's target area with H3 cells, conservatively (every cell that
+//! touches the area, so nobody inside is ever missed), and routes the alert to every
+//! matcher shard whose territory the cover touches: one `alerts.indexed` record per shard.
+//! It must never narrow an area: a cover that would exceed the cell budget is rejected
+//! (dead-lettered with a reason), not truncated.
+
+use hexcast_core::cells::{CoverError, GeoConfig, ShardMap, cover};
+use hexcast_core::{Alert, IndexedAlert, ReasonCode, Stage, StageCtx};
+
+/// Why an alert could not be indexed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(transparent)]
+pub struct SpatialError(#[from] CoverError);
+
+impl ReasonCode for SpatialError {
+    fn reason_code(&self) -> &'static str {
+        match self.0 {
+            CoverError::InvalidGeometry(_) => "invalid_geometry",
+            CoverError::TooLarge { .. } => "area_too_large",
+        }
+    }
+}
+
+/// The spatial stage.
+#[derive(Debug, Clone)]
+pub struct Spatial {
+    geo: GeoConfig,
+    shards: ShardMap,
+}
+
+impl Spatial {
+    /// A spatial stage for `shards` matcher shards.
+    pub fn new(geo: GeoConfig, shards: u32) -> Self {
+        Self { geo, shards: ShardMap { territory_res: geo.territory_resolution, shards } }
+    }
+
+    /// The shard map shared with the push service.
+    pub fn shard_map(&self) -> ShardMap {
+        self.shards
+    }
+
+    /// The records for one alert, one per shard touched, in shard order.
+    pub fn index(&self, alert: Alert) -> Result<Vec<IndexedAlert>, SpatialError> {
+        let cells = cover(&alert.target, self.geo.precision, self.geo.max_cover_cells)?;
+        let shards = self.shards.shards_of(&cells);
+        Ok(shards
+            .iter()
+            .map(|&shard| IndexedAlert { alert: alert.clone(), shard, shards: shards.clone(), cells: cells.clone() })
+            .collect())
+    }
+}
+
+impl Stage for Spatial {
+    type In = Alert;
+    type Out = IndexedAlert;
+    type Reject = SpatialError;
+
+    fn name(&self) -> &'static str {
+        "spatial"
+    }
+
+    fn process(&mut self, alert: Alert, _ctx: &StageCtx, out: &mut Vec<IndexedAlert>) -> Result<(), SpatialError> {
+        out.extend(self.index(alert)?);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hexcast_core::{Area, Category, EventKind, LatLng, Severity, Timestamp, Urgency};
+
+    fn alert(radius_m: f64) -> Alert {
+        let c = LatLng::new(37.7749, -122.4194).expect("valid");
+        Alert {
+            alert_id: "a@1".into(),
+            incident_id: "a".into(),
+            kind: EventKind::New,
+            category: Category::parse("crime.robbery").expect("known"),
+            severity: Severity::Severe,
+            urgency: Urgency::Immediate,
+            headline: "Robbery reported nearby".into(),
+            coarse_cell: c.cell(h3o::Resolution::Nine),
+            target: Area::circle(c, radius_m).expect("valid"),
+            occurred_at: Timestamp(0),
+            issued_at: Timestamp(0),
+            expires_at: None,
+            required_attributes: vec![],
+            rule: "r".into(),
+            published_at: None,
+        }
+    }
+
+    #[test]
+    fn one_record_per_shard_touched_each_with_the_whole_cover() {
+        let s = Spatial::new(GeoConfig::default(), 16);
+        // 150 km spans several resolution-3 territories.
+        let geo = GeoConfig { precision: h3o::Resolution::Six, ..GeoConfig::default() };
+        let s_wide = Spatial::new(geo, 16);
+        let recs = s_wide.index(alert(150_000.0)).expect("indexed");
+        assert!(recs.len() > 1);
+        let shards: Vec<u32> = recs.iter().map(|r| r.shard).collect();
+        assert_eq!(shards, recs[0].shards);
+        assert!(recs.iter().all(|r| r.cells == recs[0].cells));
+        assert_eq!(s.index(alert(400.0)).expect("indexed").len(), 1);
+    }
+
+    #[test]
+    fn oversized_cover_is_rejected_not_truncated() {
+        let geo = GeoConfig { max_cover_cells: 100, ..GeoConfig::default() };
+        let mut s = Spatial::new(geo, 4);
+        let mut out = Vec::new();
+        let err = s.process(alert(5_000.0), &StageCtx::at(Timestamp(0)), &mut out).expect_err("too large");
+        assert_eq!(err.reason_code(), "area_too_large");
+        assert!(out.is_empty());
+    }
+}
