@@ -1,0 +1,183 @@
+//! `--target`: which stages this process runs. Every target runs on the same runner; the
+//! same binary and image serve every deployment.
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::Context as _;
+use hexcast_core::Topic;
+use hexcast_dedup::Dedup;
+use hexcast_ingest::Ingest;
+use hexcast_policy::{Policy, PolicyConfig};
+use hexcast_push::{PushHandle, Tokens};
+use hexcast_runtime::{FaultInjection, Runtime, StageHandle, spawn_stage};
+use hexcast_spatial::Spatial;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// One deployable target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    /// incidents.raw -> incidents.normalized
+    Ingest,
+    /// incidents.normalized -> incidents.unique
+    Dedup,
+    /// incidents.unique -> alerts, audit
+    Policy,
+    /// alerts -> alerts.indexed
+    Spatial,
+    /// alerts.indexed -> notifications, and the gRPC service
+    Push,
+}
+
+impl Target {
+    /// Every target, in pipeline order.
+    pub const ALL: [Target; 5] = [Target::Ingest, Target::Dedup, Target::Policy, Target::Spatial, Target::Push];
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Target::Ingest => "ingest",
+            Target::Dedup => "dedup",
+            Target::Policy => "policy",
+            Target::Spatial => "spatial",
+            Target::Push => "push",
+        })
+    }
+}
+
+/// Parses `all` or a comma-separated list.
+pub fn parse_targets(s: &str) -> anyhow::Result<Vec<Target>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if part == "all" {
+            out.extend(Target::ALL);
+            continue;
+        }
+        out.push(part.parse()?);
+    }
+    out.sort_unstable();
+    out.dedup();
+    anyhow::ensure!(!out.is_empty(), "--target: no target given (expected all or ingest,dedup,policy,spatial,push)");
+    Ok(out)
+}
+
+impl FromStr for Target {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Target::ALL
+            .into_iter()
+            .find(|t| t.to_string() == s)
+            .ok_or_else(|| anyhow::anyhow!("--target: unknown target `{s}` (expected all or ingest,dedup,policy,spatial,push)"))
+    }
+}
+
+/// The running targets of this process.
+#[derive(Debug)]
+pub struct Running {
+    /// Stage runners, by target.
+    pub stages: Vec<(Target, StageHandle)>,
+    /// The push service, when running.
+    pub push: Option<PushHandle>,
+}
+
+impl Running {
+    /// The stage handle of a target.
+    pub fn stage(&self, target: Target) -> Option<&StageHandle> {
+        self.stages.iter().find(|(t, _)| *t == target).map(|(_, h)| h)
+    }
+
+    /// Waits for every stage and the server to stop; the first error wins.
+    pub async fn join(self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        for (target, stage) in self.stages {
+            if let Err(e) = stage.join().await {
+                tracing::error!(%target, error = %format!("{e:#}"), "stage failed");
+                if result.is_ok() {
+                    result = Err(e.context(format!("target {target}")));
+                }
+            }
+        }
+        if let Some(push) = self.push {
+            let r = push.matcher.join().await.and(push.server.await.context("gRPC server task")?);
+            if let Err(e) = r {
+                if result.is_ok() {
+                    result = Err(e.context("target push"));
+                }
+            }
+        }
+        result
+    }
+}
+
+/// Starts `targets`. `tokens` overrides `push.tokens_file` (demo and tests).
+pub async fn start(
+    cfg: &Config,
+    rt: &Runtime,
+    targets: &[Target],
+    tokens: Option<Tokens>,
+    listener: Option<tokio::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let policy = match &cfg.policy.file {
+        Some(path) => PolicyConfig::load(path)?,
+        None => PolicyConfig::seed(),
+    };
+    let shards = cfg.topics.shards.get();
+    let mut stages = Vec::new();
+    let mut push = None;
+    for &target in targets {
+        let s = shutdown.clone();
+        let none = FaultInjection::default();
+        let handle = match target {
+            Target::Ingest => spawn_stage(rt, Topic::Raw, || Ingest, s, none)?,
+            Target::Dedup => {
+                let c = cfg.dedup.clone();
+                spawn_stage(rt, Topic::Normalized, move || Dedup::new(c.clone()), s, none)?
+            }
+            Target::Policy => {
+                let p = policy.clone();
+                spawn_stage(rt, Topic::Unique, move || Policy::new(p.clone()), s, none)?
+            }
+            Target::Spatial => {
+                let geo = cfg.geo;
+                spawn_stage(rt, Topic::Alerts, move || Spatial::new(geo, shards), s, none)?
+            }
+            Target::Push => {
+                let tokens = match (&tokens, &cfg.push.tokens_file) {
+                    (Some(t), _) => t.clone(),
+                    (None, Some(path)) => Tokens::load(path)?,
+                    (None, None) => anyhow::bail!("config key `push.tokens_file`: required for target push"),
+                };
+                let listener = match listener {
+                    Some(l) => l,
+                    None => tokio::net::TcpListener::bind(cfg.push.listen)
+                        .await
+                        .with_context(|| format!("binding push.listen {}", cfg.push.listen))?,
+                };
+                push = Some(
+                    hexcast_push::start(rt, &cfg.push, cfg.geo, shards, cfg.topics.partitions.get(), tokens, listener, s)
+                        .await?,
+                );
+                break;
+            }
+        };
+        stages.push((target, handle));
+    }
+    Ok(Running { stages, push })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_all_lists_and_refuse_unknown_names() {
+        assert_eq!(parse_targets("all").expect("all"), Target::ALL.to_vec());
+        assert_eq!(parse_targets("push, ingest").expect("list"), vec![Target::Ingest, Target::Push]);
+        let e = parse_targets("ingest,matcher").expect_err("unknown").to_string();
+        assert!(e.contains("matcher"), "{e}");
+    }
+}

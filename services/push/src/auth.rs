@@ -1,0 +1,84 @@
+//! Bearer-token authentication. Each tenant (push backend) has a token; the interceptor
+//! maps it to the tenant and every RPC acts only within that tenant. Tokens are compared
+//! in constant time and never logged.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use tonic::{Request, Status};
+
+/// The authenticated tenant of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant(pub Arc<str>);
+
+/// Token -> tenant.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    by_token: Arc<HashMap<String, Arc<str>>>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens").field("tenants", &self.by_token.len()).finish()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Tokens {
+    /// From `(tenant, token)` pairs.
+    pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
+        let by_token = pairs.into_iter().map(|(tenant, token)| (token, Arc::<str>::from(tenant))).collect();
+        Self { by_token: Arc::new(by_token) }
+    }
+
+    /// From a TOML file of `tenant = "token"` lines.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading tokens file {}: {e}", path.display()))?;
+        let table: std::collections::BTreeMap<String, String> =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("tokens file {}: {}", path.display(), e.message()))?;
+        if let Some((tenant, _)) = table.iter().find(|(_, t)| t.len() < 16) {
+            anyhow::bail!("tokens file {}: token of tenant `{tenant}` is shorter than 16 characters", path.display());
+        }
+        Ok(Self::new(table))
+    }
+
+    /// The tenant of a bearer token.
+    pub fn tenant(&self, token: &str) -> Option<Arc<str>> {
+        self.by_token
+            .iter()
+            .find(|(t, _)| constant_time_eq(t.as_bytes(), token.as_bytes()))
+            .map(|(_, tenant)| Arc::clone(tenant))
+    }
+
+    /// The interceptor that authenticates every request.
+    pub fn interceptor(&self) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
+        let tokens = self.clone();
+        move |mut req: Request<()>| {
+            let header = req
+                .metadata()
+                .get("authorization")
+                .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
+            let token = header
+                .to_str()
+                .ok()
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .ok_or_else(|| Status::unauthenticated("malformed authorization header"))?;
+            let tenant = tokens.tenant(token.trim()).ok_or_else(|| Status::unauthenticated("invalid bearer token"))?;
+            req.extensions_mut().insert(Tenant(tenant));
+            Ok(req)
+        }
+    }
+}
+
+/// The tenant that the interceptor put on a request.
+pub fn tenant_of<T>(req: &Request<T>) -> Result<Arc<str>, Status> {
+    req.extensions()
+        .get::<Tenant>()
+        .map(|t| Arc::clone(&t.0))
+        .ok_or_else(|| Status::unauthenticated("not authenticated"))
+}

@@ -1,0 +1,38 @@
+//! The push service's errors and their one mapping to gRPC statuses. Internal details
+//! (broker errors, topic names) are logged, never sent to a client.
+
+use tonic::Status;
+
+/// What can go wrong in an RPC.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// A request field is invalid; the message names the field.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// The subscriber or resource does not exist for this tenant.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Kafka could not take the write.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl PushError {
+    /// An invalid-argument error for `field`.
+    pub fn invalid(field: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        PushError::Invalid { field: field.into(), message: message.to_string() }
+    }
+}
+
+impl From<PushError> for Status {
+    fn from(e: PushError) -> Self {
+        match e {
+            PushError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+            PushError::NotFound(_) => Status::not_found(e.to_string()),
+            PushError::Unavailable(detail) => {
+                tracing::warn!(%detail, "storage unavailable");
+                Status::unavailable("storage unavailable, retry later")
+            }
+        }
+    }
+}

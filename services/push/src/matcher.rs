@@ -1,0 +1,84 @@
+//! The match step of the push service, as a stage on the shared runner: one indexed alert
+//! in, NotificationBatch records out (one alert, many subscriber ids, per tenant), written
+//! to the notifications topic in the same transaction that consumes the alert. A backend
+//! therefore only ever sees notifications that exist durably.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use hexcast_core::cells::{ShardMap, partition_for_key};
+use hexcast_core::{IndexedAlert, NotificationBatch, OutRecord, ReasonCode, Stage, StageCtx, Topic};
+use hexcast_proto::v1 as pb;
+
+use crate::index::SubscriberIndex;
+
+/// Matching never rejects a decoded alert.
+#[derive(Debug, thiserror::Error)]
+#[error("unreachable")]
+pub enum MatchError {}
+
+impl ReasonCode for MatchError {
+    fn reason_code(&self) -> &'static str {
+        match *self {}
+    }
+}
+
+/// The matcher stage.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    index: Arc<SubscriberIndex>,
+    shards: ShardMap,
+    notification_partitions: u32,
+    max_ids_per_record: usize,
+}
+
+impl Matcher {
+    /// A matcher over a shared index.
+    pub fn new(index: Arc<SubscriberIndex>, shards: ShardMap, notification_partitions: u32, max_ids_per_record: usize) -> Self {
+        Self { index, shards, notification_partitions, max_ids_per_record: max_ids_per_record.max(1) }
+    }
+}
+
+/// The notifications partition that holds a tenant's stream.
+pub fn tenant_partition(tenant: &str, partitions: u32) -> i32 {
+    partition_for_key(tenant, partitions)
+}
+
+impl Stage for Matcher {
+    type In = IndexedAlert;
+    type Out = OutRecord;
+    type Reject = MatchError;
+
+    fn name(&self) -> &'static str {
+        "push"
+    }
+
+    fn process(&mut self, mut input: IndexedAlert, _ctx: &StageCtx, out: &mut Vec<OutRecord>) -> Result<(), MatchError> {
+        if !input.cells.is_sorted() {
+            input.cells.sort_unstable();
+        }
+        let mut by_tenant: BTreeMap<Arc<str>, Vec<String>> = BTreeMap::new();
+        for m in self.index.matches(&input, &self.shards) {
+            by_tenant.entry(m.tenant).or_default().push(m.subscriber_id.to_string());
+        }
+        for (tenant, mut ids) in by_tenant {
+            ids.sort_unstable();
+            let parts = ids.len().div_ceil(self.max_ids_per_record) as u32;
+            for (part, chunk) in ids.chunks(self.max_ids_per_record).enumerate() {
+                let batch = NotificationBatch {
+                    alert: input.alert.clone(),
+                    tenant: tenant.to_string(),
+                    subscriber_ids: chunk.to_vec(),
+                    part: part as u32,
+                    parts,
+                };
+                let partition = tenant_partition(&tenant, self.notification_partitions);
+                out.push(
+                    OutRecord::proto(Topic::Notifications, tenant.as_bytes(), &pb::NotificationBatch::from(&batch), "hexcast.v1.NotificationBatch")
+                        .on_partition(partition),
+                );
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,298 @@
+//! The gRPC services of the push service: Push (durable, resumable notification streams)
+//! and Subscriptions (upsert, delete, get, bulk upsert). A tenant only ever reads and
+//! writes its own subscribers and notifications.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use hexcast_core::cells::{GeoConfig, ShardMap, cover};
+use hexcast_core::taxonomy::validate_prefix;
+use hexcast_core::{Area, Severity, Subscription, SubscriptionFilter, Timestamp, Topic};
+use hexcast_proto::v1 as pb;
+use hexcast_proto::v1::push_server::Push;
+use hexcast_proto::v1::subscriptions_server::Subscriptions;
+use hexcast_runtime::Runtime;
+use prost::Message as _;
+use rdkafka::Message as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::tenant_of;
+use crate::cursor::Cursor;
+use crate::error::PushError;
+use crate::index::SubscriberIndex;
+use crate::matcher::tenant_partition;
+
+/// Longest accepted subscriber id.
+pub const MAX_SUBSCRIBER_ID_LEN: usize = 128;
+
+/// What the services share.
+pub struct PushState {
+    /// Kafka access.
+    pub rt: Runtime,
+    /// Resolutions.
+    pub geo: GeoConfig,
+    /// Shard map.
+    pub shards: ShardMap,
+    /// Partitions of the notifications topic.
+    pub notification_partitions: u32,
+    /// The subscriber index.
+    pub index: Arc<SubscriberIndex>,
+    /// Producer for the subscriptions topic.
+    pub producer: FutureProducer,
+    /// Most cells one subscription may cover.
+    pub max_cells_per_subscription: usize,
+    /// Most subscriber ids per streamed batch.
+    pub max_ids_per_batch: usize,
+    /// Streamed batches buffered per stream before backpressure.
+    pub stream_buffer: usize,
+    /// Stops streams on shutdown.
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for PushState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushState").field("shards", &self.shards).finish()
+    }
+}
+
+impl PushState {
+    /// Turns an API subscription into the stored form: areas become cells at the configured
+    /// precision, and the raw geometry is dropped here.
+    pub fn to_stored(&self, tenant: &str, api: pb::Subscription, now: Timestamp) -> Result<Subscription, PushError> {
+        let id = api.subscriber_id.trim().to_owned();
+        if id.is_empty() || id.len() > MAX_SUBSCRIBER_ID_LEN || id.contains('/') {
+            return Err(PushError::invalid("subscription.subscriber_id", format!("must be 1..={MAX_SUBSCRIBER_ID_LEN} characters without '/'")));
+        }
+        if api.areas.is_empty() {
+            return Err(PushError::invalid("subscription.areas", "at least one area is required"));
+        }
+        let mut cells = Vec::new();
+        for (i, a) in api.areas.iter().enumerate() {
+            let area = Area::try_from(a).map_err(|e| PushError::invalid(format!("subscription.areas[{i}]"), e))?;
+            let budget = self.max_cells_per_subscription.saturating_sub(cells.len());
+            let c = cover(&area, self.geo.precision, budget).map_err(|e| PushError::invalid(format!("subscription.areas[{i}]"), e))?;
+            cells.extend(c);
+        }
+        cells.sort_unstable();
+        cells.dedup();
+        let filter = api.filter.unwrap_or_default();
+        for (i, p) in filter.categories.iter().enumerate() {
+            validate_prefix(p).map_err(|e| PushError::invalid(format!("subscription.filter.categories[{i}]"), e))?;
+        }
+        let min_severity = Severity::try_from(filter.min_severity)
+            .map_err(|_| PushError::invalid("subscription.filter.min_severity", "unknown severity"))?;
+        Ok(Subscription {
+            tenant: tenant.to_owned(),
+            subscriber_id: id,
+            shards: self.shards.shards_of(&cells),
+            cells,
+            filter: SubscriptionFilter { categories: filter.categories, min_severity, attributes: filter.attributes },
+            updated_at: now,
+        })
+    }
+
+    /// Queues the records that store `sub` (one per shard) and tombstones the shards it
+    /// left, returning their delivery futures.
+    fn write(&self, sub: &Subscription) -> Result<Vec<rdkafka::producer::DeliveryFuture>, PushError> {
+        let key = sub.key();
+        let topic = self.rt.names.name(Topic::Subscriptions);
+        let payload = pb::Subscription::from(sub).encode_to_vec();
+        let old_shards: Vec<u32> = self.index.get(&key).map(|e| e.shards.to_vec()).unwrap_or_default();
+        let mut futures = Vec::with_capacity(sub.shards.len());
+        for &shard in &sub.shards {
+            let rec = FutureRecord::to(topic).key(&key).payload(&payload).partition(shard as i32);
+            futures.push(self.producer.send_result(rec).map_err(|(e, _)| PushError::Unavailable(e.to_string()))?);
+        }
+        for shard in old_shards.into_iter().filter(|s| !sub.shards.contains(s)) {
+            let rec: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key.as_str()).partition(shard as i32);
+            futures.push(self.producer.send_result(rec).map_err(|(e, _)| PushError::Unavailable(e.to_string()))?);
+        }
+        Ok(futures)
+    }
+}
+
+async fn await_all(futures: Vec<rdkafka::producer::DeliveryFuture>) -> Result<(), PushError> {
+    for f in futures {
+        match f.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(PushError::Unavailable(e.to_string())),
+            Err(_) => return Err(PushError::Unavailable("producer dropped".into())),
+        }
+    }
+    Ok(())
+}
+
+fn now(rt: &Runtime) -> Timestamp {
+    (rt.clock)()
+}
+
+/// The Subscriptions service.
+#[derive(Debug, Clone)]
+pub struct SubscriptionsService(pub Arc<PushState>);
+
+#[tonic::async_trait]
+impl Subscriptions for SubscriptionsService {
+    async fn upsert(&self, req: Request<pb::UpsertRequest>) -> Result<Response<pb::UpsertResponse>, Status> {
+        let tenant = tenant_of(&req)?;
+        let api = req.into_inner().subscription.ok_or_else(|| PushError::invalid("subscription", "is required"))?;
+        let sub = self.0.to_stored(&tenant, api, now(&self.0.rt))?;
+        await_all(self.0.write(&sub)?).await?;
+        Ok(Response::new(pb::UpsertResponse { subscription: Some((&sub).into()) }))
+    }
+
+    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let tenant = tenant_of(&req)?;
+        let id = req.into_inner().subscriber_id;
+        if id.is_empty() {
+            return Err(PushError::invalid("subscriber_id", "is required").into());
+        }
+        let key = hexcast_core::model::subscription_key(&tenant, &id);
+        let existing = self.0.index.get(&key);
+        let shards: Vec<u32> = match &existing {
+            Some(e) => e.shards.to_vec(),
+            // Not (yet) in the index: tombstone every shard so a write still in flight dies too.
+            None => (0..self.0.shards.shards).collect(),
+        };
+        let topic = self.0.rt.names.name(Topic::Subscriptions);
+        let mut futures = Vec::new();
+        for shard in shards {
+            let rec: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key.as_str()).partition(shard as i32);
+            futures.push(self.0.producer.send_result(rec).map_err(|(e, _)| PushError::Unavailable(e.to_string()))?);
+        }
+        await_all(futures).await?;
+        Ok(Response::new(pb::DeleteResponse { existed: existing.is_some() }))
+    }
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::Subscription>, Status> {
+        let tenant = tenant_of(&req)?;
+        let id = req.into_inner().subscriber_id;
+        let key = hexcast_core::model::subscription_key(&tenant, &id);
+        let entry = self.0.index.get(&key).ok_or_else(|| PushError::NotFound(format!("subscriber `{id}`")))?;
+        Ok(Response::new((&entry.to_subscription()).into()))
+    }
+
+    async fn bulk_upsert(&self, req: Request<Streaming<pb::UpsertRequest>>) -> Result<Response<pb::BulkUpsertResponse>, Status> {
+        let tenant = tenant_of(&req)?;
+        let mut stream = req.into_inner();
+        let mut pending = Vec::new();
+        let mut upserted = 0u64;
+        let mut n = 0usize;
+        while let Some(msg) = stream.next().await {
+            let msg = msg?;
+            let api = msg.subscription.ok_or_else(|| PushError::invalid(format!("message[{n}].subscription"), "is required"))?;
+            let sub = self.0.to_stored(&tenant, api, now(&self.0.rt)).map_err(|e| match e {
+                PushError::Invalid { field, message } => PushError::Invalid { field: format!("message[{n}].{field}"), message },
+                other => other,
+            })?;
+            pending.extend(self.0.write(&sub)?);
+            n += 1;
+            upserted += 1;
+            // Bound what is in flight: settle deliveries in chunks.
+            if pending.len() >= 50_000 {
+                await_all(std::mem::take(&mut pending)).await?;
+            }
+        }
+        await_all(pending).await?;
+        Ok(Response::new(pb::BulkUpsertResponse { upserted }))
+    }
+}
+
+/// The Push service.
+#[derive(Debug, Clone)]
+pub struct PushService(pub Arc<PushState>);
+
+#[tonic::async_trait]
+impl Push for PushService {
+    type SubscribeStream = ReceiverStream<Result<pb::NotificationBatch, Status>>;
+
+    async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let tenant = tenant_of(&req)?;
+        let r = req.into_inner();
+        let state = Arc::clone(&self.0);
+        let partition = tenant_partition(&tenant, state.notification_partitions);
+        let (offset, skip) = if r.cursor.is_empty() {
+            (if r.from_beginning { Offset::Beginning } else { Offset::End }, 0)
+        } else {
+            let c: Cursor = r.cursor.parse().map_err(|e| PushError::invalid("cursor", e))?;
+            if c.partition != partition {
+                return Err(PushError::invalid("cursor", "not a cursor of this tenant").into());
+            }
+            (Offset::Offset(c.offset), c.skip)
+        };
+        let max_ids = match r.max_batch_ids {
+            0 => state.max_ids_per_batch,
+            n => (n as usize).min(state.max_ids_per_batch),
+        };
+        let topic = state.rt.names.name(Topic::Notifications).to_owned();
+        let consumer: StreamConsumer = state
+            .rt
+            .client_config()
+            .set("group.id", format!("{}-push-stream", state.rt.kafka.group_prefix))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .map_err(|e| PushError::Unavailable(e.to_string()))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, partition, offset).map_err(|e| PushError::Unavailable(e.to_string()))?;
+        consumer.assign(&tpl).map_err(|e| PushError::Unavailable(e.to_string()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(state.stream_buffer.max(1));
+        tracing::info!(tenant = %tenant, partition, "backend connected");
+        metrics::gauge!("hexcast_push_connected_backends").increment(1.0);
+        tokio::spawn(async move {
+            let mut first = Some(skip);
+            loop {
+                let msg = tokio::select! {
+                    _ = tx.closed() => break,
+                    _ = state.shutdown.cancelled() => break,
+                    m = consumer.recv() => m,
+                };
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(error) => {
+                        tracing::warn!(%error, "notification stream consumer error");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                let skip = first.take().filter(|_| matches!(offset, Offset::Offset(o) if o == msg.offset())).unwrap_or(0) as usize;
+                if msg.key() != Some(tenant.as_bytes()) {
+                    continue;
+                }
+                let Some(batch) = msg.payload().and_then(|p| pb::NotificationBatch::decode(p).ok()) else {
+                    tracing::warn!(offset = msg.offset(), "undecodable notification record skipped");
+                    continue;
+                };
+                let ids = batch.subscriber_ids.get(skip..).unwrap_or_default();
+                let chunks: Vec<&[String]> = ids.chunks(max_ids).collect();
+                let last = chunks.len().saturating_sub(1);
+                for (i, chunk) in chunks.into_iter().enumerate() {
+                    let cursor = if i == last {
+                        Cursor { partition, offset: msg.offset() + 1, skip: 0 }
+                    } else {
+                        Cursor { partition, offset: msg.offset(), skip: (skip + (i + 1) * max_ids) as u32 }
+                    };
+                    let out = pb::NotificationBatch {
+                        alert: batch.alert.clone(),
+                        tenant: batch.tenant.clone(),
+                        subscriber_ids: chunk.to_vec(),
+                        cursor: cursor.to_string(),
+                        part: batch.part,
+                        parts: batch.parts,
+                    };
+                    if tx.send(Ok(out)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            metrics::gauge!("hexcast_push_connected_backends").decrement(1.0);
+            tracing::info!(tenant = %tenant, "backend disconnected");
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
