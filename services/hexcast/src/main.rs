@@ -1,1 +1,117 @@
-fn main() {}
+//! `hexcast`: one binary for every stage (`run --target`), topic management and the
+//! self-contained demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hexcast::config::{Config, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "hexcast", version, about = "geofenced public-safety alert fan-out on Kafka and H3")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one or more pipeline targets against a Kafka cluster.
+    Run {
+        /// Config file (TOML); environment `HEXCAST__SECTION__KEY` overrides it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// `all` or a comma-separated list of ingest,dedup,policy,spatial,push.
+        #[arg(long, short, default_value = "all")]
+        target: String,
+        /// Override one key: `--set kafka.brokers=host:9092` (repeatable; wins over env).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Manage topics.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Run the whole pipeline in one process on an embedded broker, with synthetic
+    /// subscribers and incidents, and print a summary.
+    Demo(hexcast::demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Create every pipeline topic that is missing.
+    Create {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override one key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+}
+
+fn init_logs(format: LogFormat, filter: Option<&str>, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter.unwrap_or(default)))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(config: Option<PathBuf>, target: &str, sets: &[String]) -> anyhow::Result<()> {
+    let cfg = Config::load(config.as_deref(), sets)?;
+    let targets = hexcast::parse_targets(target)?;
+    init_logs(cfg.log.format, cfg.log.filter.as_deref(), "info");
+    if let Some(listen) = cfg.metrics.listen {
+        hexcast_runtime::telemetry::install_prometheus(listen)?;
+    }
+    if cfg.topics.create {
+        hexcast::create_topics(&cfg).await?;
+    }
+    let shutdown = CancellationToken::new();
+    hexcast_runtime::shutdown::cancel_on_signal(shutdown.clone());
+    let rt = hexcast::runtime(&cfg);
+    let running = hexcast::start(&cfg, &rt, &targets, None, None, shutdown.clone()).await?;
+    tracing::info!(targets = %target, "hexcast running");
+    // A stage that dies on its own is fatal for the process: stop the rest and exit non-zero.
+    let result = running.join().await;
+    shutdown.cancel();
+    result
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run { config, target, sets } => run(config, &target, &sets).await,
+            Command::Topics { command: TopicsCommand::Create { config, sets } } => {
+                let cfg = Config::load(config.as_deref(), &sets)?;
+                init_logs(cfg.log.format, cfg.log.filter.as_deref(), "info");
+                hexcast::create_topics(&cfg).await
+            }
+            Command::Demo(args) => {
+                init_logs(LogFormat::Text, None, "warn");
+                hexcast::demo::run(args).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
