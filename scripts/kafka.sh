@@ -23,6 +23,8 @@
 #   HEXCAST_KAFKA_LOG_LEVEL          broker root log level (default INFO)
 #   HEXCAST_KAFKA_START_TIMEOUT      seconds to wait for readiness (default 90)
 #   HEXCAST_KAFKA_STOP_TIMEOUT       seconds before SIGKILL on stop (default 30)
+#   HEXCAST_KAFKA_EXTRA_PROPS        extra server.properties lines (key=value,
+#                                    newline-separated); they win over ours
 #
 # Progress and diagnostics go to stderr; stdout carries only what a caller may
 # want to capture (the bootstrap address, the version, tool output).
@@ -40,6 +42,7 @@ HEAP_OPTS="${HEXCAST_KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
 LOG_LEVEL="${HEXCAST_KAFKA_LOG_LEVEL:-INFO}"
 START_TIMEOUT="${HEXCAST_KAFKA_START_TIMEOUT:-90}"
 STOP_TIMEOUT="${HEXCAST_KAFKA_STOP_TIMEOUT:-30}"
+EXTRA_PROPS="${HEXCAST_KAFKA_EXTRA_PROPS:-}"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 POM="$SCRIPT_DIR/kafka/pom.xml"
@@ -319,6 +322,10 @@ log.cleaner.backoff.ms=1000
 log.cleaner.dedupe.buffer.size=33554432
 log.initial.task.delay.ms=1000
 EOF
+  if [[ -n "$EXTRA_PROPS" ]]; then
+    # Later keys override earlier ones in a properties file.
+    printf '\n# From HEXCAST_KAFKA_EXTRA_PROPS\n%s\n' "$EXTRA_PROPS" >>"$CONFIG"
+  fi
 
   cat >"$DATA_DIR/log4j2.properties" <<EOF
 status = warn

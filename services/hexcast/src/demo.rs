@@ -134,6 +134,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     cfg.topics.partitions = NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN);
     cfg.topics.shards = NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN);
     cfg.runner.linger_ms = 5;
+    // The embedded broker answers an empty fetch only after the full wait; keep it short so
+    // that each hop costs milliseconds, as it does on Apache Kafka.
+    cfg.kafka.consumer.insert("fetch.wait.max.ms".into(), "5".into());
     cfg.runner.max_batch = NonZeroUsize::new(200).unwrap_or(NonZeroUsize::MIN);
     let rt = crate::runtime(&cfg);
     broker.create_topics(&hexcast_runtime::specs(&rt.names, &cfg.topics))?;
@@ -154,6 +157,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("loaded {} subscribers through Subscriptions.BulkUpsert in {:.1}s", args.subscribers, started.elapsed().as_secs_f64());
+    running.wait_assigned(Duration::from_secs(60)).await?;
 
     let tally = Arc::new(Tally {
         alerts: Mutex::new(HashSet::new()),
@@ -240,7 +244,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     report(&tally, published, begin.elapsed()).await;
     shutdown.cancel();
     consumer.abort();
+    drop(producer);
     running.join().await?;
+    // Let the loader and stream consumers notice the shutdown and close before the broker goes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let hist = tally.latency_ms.lock().await;
     let summary = serde_json::json!({

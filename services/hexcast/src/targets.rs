@@ -89,6 +89,20 @@ impl Running {
         self.stages.iter().find(|(t, _)| *t == target).map(|(_, h)| h)
     }
 
+    /// Waits until every stage's consumer has partitions (the group joins are done), so
+    /// that measurements do not include start-up.
+    pub async fn wait_assigned(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let stages = self.stages.iter().map(|(_, h)| h).chain(self.push.as_ref().map(|p| &p.matcher));
+            if stages.into_iter().all(|h| h.stats.assigned_partitions.load(std::sync::atomic::Ordering::SeqCst) > 0) {
+                return Ok(());
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "stages not assigned partitions within {timeout:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits for every stage and the server to stop; the first error wins.
     pub async fn join(self) -> anyhow::Result<()> {
         let mut result = Ok(());

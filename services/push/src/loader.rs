@@ -40,7 +40,7 @@ pub fn spawn_loader(
     let status = Arc::new(LoaderStatus::default());
     let topic = rt.names.name(Topic::Subscriptions).to_owned();
     let consumer: BaseConsumer = rt
-        .client_config()
+        .consumer_config()
         .set("group.id", format!("{}-push-loader", rt.kafka.group_prefix))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")

@@ -232,7 +232,7 @@ impl Push for PushService {
         let topic = state.rt.names.name(Topic::Notifications).to_owned();
         let consumer: StreamConsumer = state
             .rt
-            .client_config()
+            .consumer_config()
             .set("group.id", format!("{}-push-stream", state.rt.kafka.group_prefix))
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")

@@ -127,6 +127,9 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties for every client (security settings, tuning).
     #[serde(default)]
     pub client: BTreeMap<String, String>,
+    /// Extra librdkafka properties for consumers only (for example `fetch.wait.max.ms`).
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
 }
 
 fn default_group_prefix() -> String {
@@ -148,6 +151,7 @@ impl KafkaConfig {
             delivery: Delivery::default(),
             transaction_timeout_ms: default_txn_timeout_ms(),
             client: BTreeMap::new(),
+            consumer: BTreeMap::new(),
         }
     }
 

@@ -82,6 +82,15 @@ impl Runtime {
         }
         cfg
     }
+
+    /// A consumer config: the client config plus the consumer-only properties.
+    pub fn consumer_config(&self) -> ClientConfig {
+        let mut cfg = self.client_config();
+        for (k, v) in &self.kafka.consumer {
+            cfg.set(k, v);
+        }
+        cfg
+    }
 }
 
 /// Test hooks that simulate a crash at a chosen point. Never set in production.
@@ -145,6 +154,7 @@ where
 struct RunnerContext {
     stage: &'static str,
     rebalanced: AtomicBool,
+    stats: Arc<StageStats>,
 }
 
 impl ClientContext for RunnerContext {
@@ -163,8 +173,14 @@ impl ClientContext for RunnerContext {
 impl ConsumerContext for RunnerContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => tracing::info!(stage = self.stage, partitions = tpl.count(), "partitions assigned"),
-            Rebalance::Revoke(tpl) => tracing::info!(stage = self.stage, partitions = tpl.count(), "partitions revoked"),
+            Rebalance::Assign(tpl) => {
+                self.stats.assigned_partitions.store(tpl.count() as u64, Ordering::SeqCst);
+                tracing::info!(stage = self.stage, partitions = tpl.count(), "partitions assigned");
+            }
+            Rebalance::Revoke(tpl) => {
+                self.stats.assigned_partitions.store(0, Ordering::SeqCst);
+                tracing::info!(stage = self.stage, partitions = tpl.count(), "partitions revoked");
+            }
             Rebalance::Error(e) => tracing::warn!(stage = self.stage, error = %e, "rebalance error"),
         }
         self.rebalanced.store(true, Ordering::SeqCst);
@@ -214,18 +230,18 @@ struct Session {
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Session {
-    fn open(rt: &Runtime, stage: &'static str, input: Topic) -> anyhow::Result<Self> {
+    fn open(rt: &Runtime, stage: &'static str, input: Topic, stats: &Arc<StageStats>) -> anyhow::Result<Self> {
         let group = format!("{}-{stage}", rt.kafka.group_prefix);
         let exactly_once = rt.kafka.delivery == Delivery::ExactlyOnce;
         let consumer: BaseConsumer<RunnerContext> = rt
-            .client_config()
+            .consumer_config()
             .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("statistics.interval.ms", "5000")
-            .create_with_context(RunnerContext { stage, rebalanced: AtomicBool::new(false) })
+            .create_with_context(RunnerContext { stage, rebalanced: AtomicBool::new(false), stats: Arc::clone(stats) })
             .context("creating consumer")?;
         consumer.subscribe(&[rt.names.name(input)]).context("subscribing")?;
 
@@ -493,7 +509,7 @@ where
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        let session = match Session::open(&rt, name, input) {
+        let session = match Session::open(&rt, name, input, &stats) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(stage = name, error = %format!("{e:#}"), "opening Kafka session failed, retrying");

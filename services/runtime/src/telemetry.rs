@@ -56,6 +56,8 @@ pub struct StageStats {
     pub batches: AtomicU64,
     /// Batches abandoned.
     pub aborted: AtomicU64,
+    /// Partitions currently assigned to the stage's consumer.
+    pub assigned_partitions: AtomicU64,
     emitted: [AtomicU64; Topic::ALL.len()],
 }
 
