@@ -67,11 +67,12 @@ die() { log "error: $*"; exit 1; }
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 
 # ---------------------------------------------------------------------------
-# Readiness check, compiled once into the cache. An open port is not enough:
-# a KRaft broker listens before it is unfenced, and until then creating a
-# topic fails with "replication factor larger than available brokers". This
-# also creates __consumer_offsets and __transaction_state up front, so the
-# first test to use a group or a transaction does not pay for it (or time out).
+# Readiness check, compiled once into the cache. An open port proves little:
+# the socket is bound well before the broker serves requests, and a broker
+# still fenced rejects topic creation ("replication factor larger than
+# available brokers"). The check also creates __consumer_offsets and
+# __transaction_state up front, so the first test to use a group or a
+# transaction does not pay for that (or time out on it).
 READY_CLASS=HexcastKafkaReady
 READY_SRC=$(cat <<'JAVA'
 import java.util.List;
@@ -149,7 +150,8 @@ fetch_locked() {
   mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
     -Dkafka.version="$KAFKA_VERSION" \
     -DincludeScope=runtime \
-    -DoutputDirectory="$partial" >&2 \
+    -DoutputDirectory="$partial" 2>&1 \
+    | sed 's/\x1b\[[0-9;]*m//g' >&2 \
     || die "mvn could not fetch Kafka $KAFKA_VERSION"
   [[ -f "$partial/kafka_2.13-$KAFKA_VERSION.jar" && -f "$partial/kafka-tools-$KAFKA_VERSION.jar" ]] \
     || die "fetched jars lack kafka_2.13/kafka-tools $KAFKA_VERSION"
@@ -238,10 +240,14 @@ terminate() {
   fi
 }
 
+# The version the jars report about themselves, as the broker logs it.
 jar_version() {
-  local jar
+  local jar v
   jar=$(compgen -G "$LIB/kafka-clients-*.jar" | head -n1) || return 1
-  unzip -p "$jar" kafka/kafka-version.properties 2>/dev/null | sed -n 's/^version=//p'
+  v=$(unzip -p "$jar" kafka/kafka-version.properties 2>/dev/null \
+    | sed -n 's/^version=//p' | tr -d '\r') || return 1
+  [[ -n "$v" ]] || return 1
+  echo "$v"
 }
 
 # ---------------------------------------------------------------------------
@@ -372,7 +378,7 @@ cmd_start() {
   # setsid: the broker outlives this script and is not hit by signals sent
   # to the caller's process group (Ctrl-C on a test run, a closing terminal).
   # The pid is written by the process itself, because setsid may fork.
-  # shellcheck disable=SC2086  # HEAP_OPTS is a list of JVM flags
+  # shellcheck disable=SC2016,SC2086  # $$ is for the inner bash; HEAP_OPTS is a list
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PID_FILE" \
     java $HEAP_OPTS -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
     -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent \

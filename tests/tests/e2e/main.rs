@@ -1,0 +1,6 @@
+//! End-to-end tests on a real Apache Kafka broker (`HEXCAST_TEST_BROKERS`, started by
+//! `scripts/test.sh`). They never fall back to a mock: without a broker they fail.
+
+mod common;
+mod pipeline;
+mod runner_crash;
