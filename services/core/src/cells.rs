@@ -52,11 +52,15 @@ const fn default_max_cover() -> usize {
 impl TryFrom<RawGeoConfig> for GeoConfig {
     type Error = String;
     fn try_from(r: RawGeoConfig) -> Result<Self, String> {
-        let precision = Resolution::try_from(r.precision).map_err(|_| format!("precision {} is not 0..=15", r.precision))?;
+        let precision =
+            Resolution::try_from(r.precision).map_err(|_| format!("precision {} is not 0..=15", r.precision))?;
         let territory = Resolution::try_from(r.territory_resolution)
             .map_err(|_| format!("territory_resolution {} is not 0..=15", r.territory_resolution))?;
         if territory > precision {
-            return Err(format!("territory_resolution {} is finer than precision {}", r.territory_resolution, r.precision));
+            return Err(format!(
+                "territory_resolution {} is finer than precision {}",
+                r.territory_resolution, r.precision
+            ));
         }
         Ok(Self { precision, territory_resolution: territory, max_cover_cells: r.max_cover_cells })
     }

@@ -156,10 +156,7 @@ fn ring_to_pb(ring: &geo::LineString<f64>) -> pb::LinearRing {
 }
 
 fn polygon_to_pb(p: &geo::Polygon<f64>) -> pb::Polygon {
-    pb::Polygon {
-        exterior: Some(ring_to_pb(p.exterior())),
-        holes: p.interiors().iter().map(ring_to_pb).collect(),
-    }
+    pb::Polygon { exterior: Some(ring_to_pb(p.exterior())), holes: p.interiors().iter().map(ring_to_pb).collect() }
 }
 
 impl TryFrom<&pb::LatLng> for LatLng {
@@ -217,9 +214,9 @@ impl From<&Area> for pb::Area {
                 Shape::Circle(pb::Circle { center: Some((*center).into()), radius_m: *radius_m })
             }
             Area::Polygon(p) => Shape::Polygon(polygon_to_pb(p)),
-            Area::MultiPolygon(m) => Shape::Multipolygon(pb::MultiPolygon {
-                polygons: m.0.iter().map(polygon_to_pb).collect(),
-            }),
+            Area::MultiPolygon(m) => {
+                Shape::Multipolygon(pb::MultiPolygon { polygons: m.0.iter().map(polygon_to_pb).collect() })
+            }
             Area::Cells(c) => Shape::Cells(pb::CellSet { cells: c.iter().map(|&c| u64::from(c)).collect() }),
         };
         pb::Area { shape: Some(shape) }
@@ -258,11 +255,8 @@ mod tests {
     #[test]
     fn area_round_trips_through_proto() {
         let c = LatLng::new(37.77, -122.42).expect("valid");
-        let areas = [
-            Area::circle(c, 400.0).expect("valid"),
-            Area::Point(c),
-            Area::Cells(vec![c.cell(h3o::Resolution::Nine)]),
-        ];
+        let areas =
+            [Area::circle(c, 400.0).expect("valid"), Area::Point(c), Area::Cells(vec![c.cell(h3o::Resolution::Nine)])];
         for a in areas {
             let back = Area::try_from(&pb::Area::from(&a)).expect("round trip");
             assert_eq!(a, back);
@@ -271,12 +265,10 @@ mod tests {
 
     #[test]
     fn open_or_degenerate_rings_are_refused() {
-        let ring = pb::LinearRing {
-            points: vec![pb::LatLng { lat: 1.0, lng: 1.0 }, pb::LatLng { lat: 1.0, lng: 2.0 }],
-        };
-        let area = pb::Area {
-            shape: Some(pb::area::Shape::Polygon(pb::Polygon { exterior: Some(ring), holes: vec![] })),
-        };
+        let ring =
+            pb::LinearRing { points: vec![pb::LatLng { lat: 1.0, lng: 1.0 }, pb::LatLng { lat: 1.0, lng: 2.0 }] };
+        let area =
+            pb::Area { shape: Some(pb::area::Shape::Polygon(pb::Polygon { exterior: Some(ring), holes: vec![] })) };
         assert_eq!(Area::try_from(&area), Err(GeoError::RingTooShort { points: 2 }));
     }
 

@@ -13,8 +13,8 @@ pub mod time;
 
 pub use geo::{Area, GeoError, LatLng};
 pub use model::{
-    Alert, DecodeModelError, EventKind, Incident, IncidentEvent, IndexedAlert, NotificationBatch,
-    PolicyDecision, Sensitive, Subscription, SubscriptionFilter,
+    Alert, DecodeModelError, EventKind, Incident, IncidentEvent, IndexedAlert, NotificationBatch, PolicyDecision,
+    Sensitive, Subscription, SubscriptionFilter,
 };
 pub use record::{DecodeError, FromRecord, InRecord, IntoRecord, OutRecord, Topic, header};
 pub use stage::{ReasonCode, Stage, StageCtx};

@@ -341,8 +341,10 @@ impl TryFrom<pb::Alert> for Alert {
             severity: enum_of("severity", p.severity)?,
             urgency: enum_of("urgency", p.urgency)?,
             headline: p.headline,
-            coarse_cell: CellIndex::try_from(p.coarse_cell)
-                .map_err(|_| DecodeModelError::Geo { field: "coarse_cell", source: GeoError::InvalidCell(p.coarse_cell) })?,
+            coarse_cell: CellIndex::try_from(p.coarse_cell).map_err(|_| DecodeModelError::Geo {
+                field: "coarse_cell",
+                source: GeoError::InvalidCell(p.coarse_cell),
+            })?,
             target: Area::try_from(target).map_err(geo_err("target"))?,
             occurred_at: Timestamp(p.occurred_at_ms),
             issued_at: Timestamp(p.issued_at_ms),
@@ -454,8 +456,13 @@ impl FromRecord for IndexedAlert {
 impl IntoRecord for IndexedAlert {
     fn into_record(self) -> OutRecord {
         let partition = self.shard as i32;
-        OutRecord::proto(Topic::Indexed, self.alert.alert_id.clone(), &pb::IndexedAlert::from(&self), "hexcast.v1.IndexedAlert")
-            .on_partition(partition)
+        OutRecord::proto(
+            Topic::Indexed,
+            self.alert.alert_id.clone(),
+            &pb::IndexedAlert::from(&self),
+            "hexcast.v1.IndexedAlert",
+        )
+        .on_partition(partition)
     }
 }
 

@@ -193,10 +193,7 @@ where
     D: TryFrom<P>,
     D::Error: fmt::Display,
 {
-    let payload = record
-        .payload
-        .as_deref()
-        .ok_or_else(|| DecodeError::new("tombstone", "record has no payload"))?;
+    let payload = record.payload.as_deref().ok_or_else(|| DecodeError::new("tombstone", "record has no payload"))?;
     let msg = P::decode(payload).map_err(|e| DecodeError::new("malformed_protobuf", e))?;
     D::try_from(msg).map_err(|e| DecodeError::new("invalid_message", e))
 }

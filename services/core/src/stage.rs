@@ -50,10 +50,5 @@ pub trait Stage {
     fn name(&self) -> &'static str;
 
     /// Processes one input, pushing zero or more outputs.
-    fn process(
-        &mut self,
-        input: Self::In,
-        ctx: &StageCtx,
-        out: &mut Vec<Self::Out>,
-    ) -> Result<(), Self::Reject>;
+    fn process(&mut self, input: Self::In, ctx: &StageCtx, out: &mut Vec<Self::Out>) -> Result<(), Self::Reject>;
 }

@@ -93,9 +93,7 @@ impl Category {
     /// for `crime.robbery`; never `crime.rob`).
     pub fn matches_prefix(self, prefix: &str) -> bool {
         self.0 == prefix
-            || (self.0.len() > prefix.len()
-                && self.0.starts_with(prefix)
-                && self.0.as_bytes()[prefix.len()] == b'.')
+            || (self.0.len() > prefix.len() && self.0.starts_with(prefix) && self.0.as_bytes()[prefix.len()] == b'.')
     }
 }
 

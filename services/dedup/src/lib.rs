@@ -176,7 +176,8 @@ mod tests {
     #[test]
     fn dedup_same_version_twice_emits_once() {
         let mut d = Dedup::new(DedupConfig::default());
-        let k = kinds(&mut d, vec![incident("1", 1, IncidentStatus::Active), incident("1", 1, IncidentStatus::Active)], 0);
+        let k =
+            kinds(&mut d, vec![incident("1", 1, IncidentStatus::Active), incident("1", 1, IncidentStatus::Active)], 0);
         assert_eq!(k, vec![EventKind::New]);
     }
 

@@ -143,20 +143,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let token = format!("demo-{:032x}", rand::rng().random::<u128>());
     let tokens = Tokens::new([("demo".to_owned(), token.clone())]);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await.context("binding the demo gRPC port")?;
+    let listener =
+        tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await.context("binding the demo gRPC port")?;
     let shutdown = CancellationToken::new();
     let running = crate::start(&cfg, &rt, &Target::ALL, Some(tokens), Some(listener), shutdown.clone()).await?;
     let push = running.push.as_ref().context("push target did not start")?;
     let addr = push.addr;
     println!("hexcast demo: embedded broker {}, gRPC on {addr}", broker.bootstrap_servers());
 
-    let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await.context("connecting to the demo gRPC server")?;
+    let channel = Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await
+        .context("connecting to the demo gRPC server")?;
     let started = Instant::now();
     load_subscribers(channel.clone(), &token, args.subscribers).await?;
     while push.index.len() < args.subscribers {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("loaded {} subscribers through Subscriptions.BulkUpsert in {:.1}s", args.subscribers, started.elapsed().as_secs_f64());
+    println!(
+        "loaded {} subscribers through Subscriptions.BulkUpsert in {:.1}s",
+        args.subscribers,
+        started.elapsed().as_secs_f64()
+    );
     running.wait_assigned(Duration::from_secs(60)).await?;
 
     let tally = Arc::new(Tally {
@@ -190,7 +198,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         })
     };
 
-    let producer: FutureProducer = rt.client_config().set("linger.ms", "1").create().context("creating the demo producer")?;
+    let producer: FutureProducer =
+        rt.client_config().set("linger.ms", "1").create().context("creating the demo producer")?;
     let raw_topic = rt.names.name(Topic::Raw).to_owned();
     let mut published = 0u64;
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.001));

@@ -67,10 +67,9 @@ pub fn parse_targets(s: &str) -> anyhow::Result<Vec<Target>> {
 impl FromStr for Target {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
-        Target::ALL
-            .into_iter()
-            .find(|t| t.to_string() == s)
-            .ok_or_else(|| anyhow::anyhow!("--target: unknown target `{s}` (expected all or ingest,dedup,policy,spatial,push)"))
+        Target::ALL.into_iter().find(|t| t.to_string() == s).ok_or_else(|| {
+            anyhow::anyhow!("--target: unknown target `{s}` (expected all or ingest,dedup,policy,spatial,push)")
+        })
     }
 }
 
@@ -98,7 +97,10 @@ impl Running {
             if stages.into_iter().all(|h| h.stats.assigned_partitions.load(std::sync::atomic::Ordering::SeqCst) > 0) {
                 return Ok(());
             }
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "stages not assigned partitions within {timeout:?}");
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "stages not assigned partitions within {timeout:?}"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
@@ -172,8 +174,17 @@ pub async fn start(
                         .with_context(|| format!("binding push.listen {}", cfg.push.listen))?,
                 };
                 push = Some(
-                    hexcast_push::start(rt, &cfg.push, cfg.geo, shards, cfg.topics.partitions.get(), tokens, listener, s)
-                        .await?,
+                    hexcast_push::start(
+                        rt,
+                        &cfg.push,
+                        cfg.geo,
+                        shards,
+                        cfg.topics.partitions.get(),
+                        tokens,
+                        listener,
+                        s,
+                    )
+                    .await?,
                 );
                 break;
             }

@@ -4,9 +4,7 @@
 //! "severity"?,"address"?,"description"?,"names"?,"phones"?,"medical"?,"units"?}` where
 //! `occurred_at` is RFC 3339 or Unix milliseconds.
 
-use hexcast_core::{
-    Category, Certainty, Incident, IncidentStatus, LatLng, Sensitive, Severity, Timestamp, Urgency,
-};
+use hexcast_core::{Category, Certainty, Incident, IncidentStatus, LatLng, Sensitive, Severity, Timestamp, Urgency};
 use serde::Deserialize;
 
 use crate::{IngestError, category_for, check_time};
@@ -160,20 +158,46 @@ mod tests {
     #[test]
     fn bad_records_are_rejected_with_a_reason() {
         assert_eq!(run("{not json").expect_err("bad"), "malformed_json");
-        assert_eq!(run(r#"{"source":"pd","id":"1","lat":0,"lng":0,"occurred_at":1699999200000}"#).expect_err("zero"), "invalid_coordinates");
-        assert_eq!(run(r#"{"source":"pd","id":"1","lat":91,"lng":0,"occurred_at":1699999200000}"#).expect_err("range"), "invalid_coordinates");
-        assert_eq!(run(r#"{"source":"pd","lat":40,"lng":-75,"occurred_at":1699999200000}"#).expect_err("id"), "missing_field");
-        assert_eq!(run(r#"{"source":"pd","id":"1","lat":40,"lng":-75,"occurred_at":1799999200000}"#).expect_err("future"), "invalid_time");
-        assert_eq!(run(r#"{"source":"pd","id":"1","lat":40,"lng":-75,"occurred_at":"yesterday"}"#).expect_err("text"), "invalid_time");
-        assert_eq!(run(r#"{"source":"pd","id":"1","category":"crime.x","lat":40,"lng":-75,"occurred_at":1699999200000}"#).expect_err("cat"), "unknown_category");
+        assert_eq!(
+            run(r#"{"source":"pd","id":"1","lat":0,"lng":0,"occurred_at":1699999200000}"#).expect_err("zero"),
+            "invalid_coordinates"
+        );
+        assert_eq!(
+            run(r#"{"source":"pd","id":"1","lat":91,"lng":0,"occurred_at":1699999200000}"#).expect_err("range"),
+            "invalid_coordinates"
+        );
+        assert_eq!(
+            run(r#"{"source":"pd","lat":40,"lng":-75,"occurred_at":1699999200000}"#).expect_err("id"),
+            "missing_field"
+        );
+        assert_eq!(
+            run(r#"{"source":"pd","id":"1","lat":40,"lng":-75,"occurred_at":1799999200000}"#).expect_err("future"),
+            "invalid_time"
+        );
+        assert_eq!(
+            run(r#"{"source":"pd","id":"1","lat":40,"lng":-75,"occurred_at":"yesterday"}"#).expect_err("text"),
+            "invalid_time"
+        );
+        assert_eq!(
+            run(r#"{"source":"pd","id":"1","category":"crime.x","lat":40,"lng":-75,"occurred_at":1699999200000}"#)
+                .expect_err("cat"),
+            "unknown_category"
+        );
     }
 
     #[test]
     fn unknown_format_and_oversized_payloads_are_rejected() {
         let mut out = Vec::new();
         let raw = RawIncident { format: "fax".into(), source: None, payload: b"{}".to_vec() };
-        assert_eq!(Ingest.process(raw, &StageCtx::at(NOW), &mut out).expect_err("format").reason_code(), "unknown_format");
-        let raw = RawIncident { format: "cad-json".into(), source: None, payload: vec![b' '; crate::MAX_PAYLOAD_BYTES + 1] };
-        assert_eq!(Ingest.process(raw, &StageCtx::at(NOW), &mut out).expect_err("size").reason_code(), "oversized_payload");
+        assert_eq!(
+            Ingest.process(raw, &StageCtx::at(NOW), &mut out).expect_err("format").reason_code(),
+            "unknown_format"
+        );
+        let raw =
+            RawIncident { format: "cad-json".into(), source: None, payload: vec![b' '; crate::MAX_PAYLOAD_BYTES + 1] };
+        assert_eq!(
+            Ingest.process(raw, &StageCtx::at(NOW), &mut out).expect_err("size").reason_code(),
+            "oversized_payload"
+        );
     }
 }

@@ -9,8 +9,8 @@ mod categories;
 pub use cad_json::parse_cad_json;
 pub use categories::category_for;
 
-use hexcast_core::{Incident, InRecord, ReasonCode, Stage, StageCtx, Timestamp, header};
 use hexcast_core::record::{DecodeError, FromRecord};
+use hexcast_core::{InRecord, Incident, ReasonCode, Stage, StageCtx, Timestamp, header};
 
 /// Largest raw payload accepted.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
@@ -36,7 +36,8 @@ impl FromRecord for RawIncident {
             .header_str(header::FORMAT)
             .ok_or_else(|| DecodeError::new("missing_format", "no hexcast-format header"))?
             .to_owned();
-        let payload = record.payload.clone().ok_or_else(|| DecodeError::new("empty_payload", "record has no payload"))?;
+        let payload =
+            record.payload.clone().ok_or_else(|| DecodeError::new("empty_payload", "record has no payload"))?;
         Ok(Self { format, source: record.header_str(header::SOURCE).map(str::to_owned), payload })
     }
 }

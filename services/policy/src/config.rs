@@ -120,7 +120,9 @@ impl PolicyConfig {
             Some(s) => Severity::from_str_name(&format!("SEVERITY_{}", s.to_ascii_uppercase()))
                 .ok_or_else(|| invalid("min_severity", format!("`{s}` is not minor|moderate|severe|extreme")))?,
         };
-        let res = |key: &str, v: u8| Resolution::try_from(v).map_err(|_| invalid(key, format!("{v} is not an H3 resolution 0..=15")));
+        let res = |key: &str, v: u8| {
+            Resolution::try_from(v).map_err(|_| invalid(key, format!("{v} is not an H3 resolution 0..=15")))
+        };
         Ok(Self {
             allow: raw.allow,
             deny: raw.deny,
@@ -158,7 +160,8 @@ mod tests {
     fn bad_policies_name_the_key() {
         let e = PolicyConfig::parse("allow = [\"crime.robery\"]", "p").expect_err("typo").to_string();
         assert!(e.contains("allow") && e.contains("crime.robery"), "{e}");
-        let e = PolicyConfig::parse("allow = [\"crime\"]\n[radius_m]\ncrime = -1.0", "p").expect_err("radius").to_string();
+        let e =
+            PolicyConfig::parse("allow = [\"crime\"]\n[radius_m]\ncrime = -1.0", "p").expect_err("radius").to_string();
         assert!(e.contains("radius_m.crime"), "{e}");
         let e = PolicyConfig::parse("allow = [\"crime\"]\nmax_agesecs = 3", "p").expect_err("unknown").to_string();
         assert!(e.contains("max_agesecs"), "{e}");

@@ -239,7 +239,10 @@ mod tests {
         ] {
             let out = run(event(cat, age));
             assert_eq!(out.len(), 1, "{cat}");
-            assert!(matches!(&out[0], PolicyOut::Decision(d) if d.reason == reason && d.decision == Decision::Rejected), "{cat}");
+            assert!(
+                matches!(&out[0], PolicyOut::Decision(d) if d.reason == reason && d.decision == Decision::Rejected),
+                "{cat}"
+            );
         }
     }
 

@@ -59,10 +59,8 @@ impl Tokens {
     pub fn interceptor(&self) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
         let tokens = self.clone();
         move |mut req: Request<()>| {
-            let header = req
-                .metadata()
-                .get("authorization")
-                .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
+            let header =
+                req.metadata().get("authorization").ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
             let token = header
                 .to_str()
                 .ok()

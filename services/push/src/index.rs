@@ -136,12 +136,8 @@ impl SubscriberIndex {
                 if !seen.insert(Arc::as_ptr(e)) || !e.filter.accepts(&alert.alert) {
                     continue;
                 }
-                let owner = e
-                    .cells
-                    .iter()
-                    .filter(|x| cover.binary_search(x).is_ok())
-                    .map(|x| shards.shard_of(*x))
-                    .min();
+                let owner =
+                    e.cells.iter().filter(|x| cover.binary_search(x).is_ok()).map(|x| shards.shard_of(*x)).min();
                 if owner == Some(alert.shard) {
                     out.push(Match { tenant: Arc::clone(&e.tenant), subscriber_id: Arc::clone(&e.subscriber_id) });
                 }
@@ -154,9 +150,9 @@ impl SubscriberIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use h3o::Resolution;
     use hexcast_core::cells::cover;
     use hexcast_core::{Alert, Area, Category, EventKind, LatLng, Severity, Timestamp, Urgency};
-    use h3o::Resolution;
     use proptest::prelude::*;
 
     const RES: Resolution = Resolution::Seven;
@@ -193,7 +189,9 @@ mod tests {
             published_at: None,
         };
         let s = shards.shards_of(&cells);
-        s.iter().map(|&shard| IndexedAlert { alert: alert.clone(), shard, shards: s.clone(), cells: cells.clone() }).collect()
+        s.iter()
+            .map(|&shard| IndexedAlert { alert: alert.clone(), shard, shards: s.clone(), cells: cells.clone() })
+            .collect()
     }
 
     proptest! {

@@ -30,6 +30,22 @@ pub struct LoaderStatus {
     pub invalid: AtomicU64,
 }
 
+/// The high watermark, retried while the partition's leadership settles.
+fn fetch_high_watermark(consumer: &BaseConsumer, topic: &str, partition: i32) -> anyhow::Result<(i64, i64)> {
+    let mut attempt = 0;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok(w) => return Ok(w),
+            Err(e) if attempt < 50 => {
+                attempt += 1;
+                tracing::debug!(error = %e, partition, "watermarks not available yet");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e).context("reading subscriptions watermarks"),
+        }
+    }
+}
+
 /// Starts the loader thread for `partitions` of the subscriptions topic (all when `None`).
 pub fn spawn_loader(
     rt: &Runtime,
@@ -59,7 +75,7 @@ pub fn spawn_loader(
     let mut remaining = Vec::new();
     for &p in &partitions {
         tpl.add_partition_offset(&topic, p, Offset::Beginning).context("assigning")?;
-        let (_, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(30)).context("reading watermarks")?;
+        let (_, high) = fetch_high_watermark(&consumer, &topic, p)?;
         remaining.push((p, high));
     }
     consumer.assign(&tpl).context("assigning subscriptions partitions")?;

@@ -34,7 +34,12 @@ pub struct Matcher {
 
 impl Matcher {
     /// A matcher over a shared index.
-    pub fn new(index: Arc<SubscriberIndex>, shards: ShardMap, notification_partitions: u32, max_ids_per_record: usize) -> Self {
+    pub fn new(
+        index: Arc<SubscriberIndex>,
+        shards: ShardMap,
+        notification_partitions: u32,
+        max_ids_per_record: usize,
+    ) -> Self {
         Self { index, shards, notification_partitions, max_ids_per_record: max_ids_per_record.max(1) }
     }
 }
@@ -53,7 +58,12 @@ impl Stage for Matcher {
         "push"
     }
 
-    fn process(&mut self, mut input: IndexedAlert, _ctx: &StageCtx, out: &mut Vec<OutRecord>) -> Result<(), MatchError> {
+    fn process(
+        &mut self,
+        mut input: IndexedAlert,
+        _ctx: &StageCtx,
+        out: &mut Vec<OutRecord>,
+    ) -> Result<(), MatchError> {
         if !input.cells.is_sorted() {
             input.cells.sort_unstable();
         }
@@ -74,8 +84,13 @@ impl Stage for Matcher {
                 };
                 let partition = tenant_partition(&tenant, self.notification_partitions);
                 out.push(
-                    OutRecord::proto(Topic::Notifications, tenant.as_bytes(), &pb::NotificationBatch::from(&batch), "hexcast.v1.NotificationBatch")
-                        .on_partition(partition),
+                    OutRecord::proto(
+                        Topic::Notifications,
+                        tenant.as_bytes(),
+                        &pb::NotificationBatch::from(&batch),
+                        "hexcast.v1.NotificationBatch",
+                    )
+                    .on_partition(partition),
                 );
             }
         }

@@ -67,7 +67,10 @@ impl PushState {
     pub fn to_stored(&self, tenant: &str, api: pb::Subscription, now: Timestamp) -> Result<Subscription, PushError> {
         let id = api.subscriber_id.trim().to_owned();
         if id.is_empty() || id.len() > MAX_SUBSCRIBER_ID_LEN || id.contains('/') {
-            return Err(PushError::invalid("subscription.subscriber_id", format!("must be 1..={MAX_SUBSCRIBER_ID_LEN} characters without '/'")));
+            return Err(PushError::invalid(
+                "subscription.subscriber_id",
+                format!("must be 1..={MAX_SUBSCRIBER_ID_LEN} characters without '/'"),
+            ));
         }
         if api.areas.is_empty() {
             return Err(PushError::invalid("subscription.areas", "at least one area is required"));
@@ -76,7 +79,8 @@ impl PushState {
         for (i, a) in api.areas.iter().enumerate() {
             let area = Area::try_from(a).map_err(|e| PushError::invalid(format!("subscription.areas[{i}]"), e))?;
             let budget = self.max_cells_per_subscription.saturating_sub(cells.len());
-            let c = cover(&area, self.geo.precision, budget).map_err(|e| PushError::invalid(format!("subscription.areas[{i}]"), e))?;
+            let c = cover(&area, self.geo.precision, budget)
+                .map_err(|e| PushError::invalid(format!("subscription.areas[{i}]"), e))?;
             cells.extend(c);
         }
         cells.sort_unstable();
@@ -177,7 +181,10 @@ impl Subscriptions for SubscriptionsService {
         Ok(Response::new((&entry.to_subscription()).into()))
     }
 
-    async fn bulk_upsert(&self, req: Request<Streaming<pb::UpsertRequest>>) -> Result<Response<pb::BulkUpsertResponse>, Status> {
+    async fn bulk_upsert(
+        &self,
+        req: Request<Streaming<pb::UpsertRequest>>,
+    ) -> Result<Response<pb::BulkUpsertResponse>, Status> {
         let tenant = tenant_of(&req)?;
         let mut stream = req.into_inner();
         let mut pending = Vec::new();
@@ -185,9 +192,13 @@ impl Subscriptions for SubscriptionsService {
         let mut n = 0usize;
         while let Some(msg) = stream.next().await {
             let msg = msg?;
-            let api = msg.subscription.ok_or_else(|| PushError::invalid(format!("message[{n}].subscription"), "is required"))?;
+            let api = msg
+                .subscription
+                .ok_or_else(|| PushError::invalid(format!("message[{n}].subscription"), "is required"))?;
             let sub = self.0.to_stored(&tenant, api, now(&self.0.rt)).map_err(|e| match e {
-                PushError::Invalid { field, message } => PushError::Invalid { field: format!("message[{n}].{field}"), message },
+                PushError::Invalid { field, message } => {
+                    PushError::Invalid { field: format!("message[{n}].{field}"), message }
+                }
                 other => other,
             })?;
             pending.extend(self.0.write(&sub)?);
@@ -260,7 +271,9 @@ impl Push for PushService {
                         continue;
                     }
                 };
-                let skip = first.take().filter(|_| matches!(offset, Offset::Offset(o) if o == msg.offset())).unwrap_or(0) as usize;
+                let skip =
+                    first.take().filter(|_| matches!(offset, Offset::Offset(o) if o == msg.offset())).unwrap_or(0)
+                        as usize;
                 if msg.key() != Some(tenant.as_bytes()) {
                     continue;
                 }

@@ -36,7 +36,9 @@ impl EmbeddedBroker {
     /// Creates the topics (the mock has no CreateTopics admin API).
     pub fn create_topics(&self, specs: &[TopicSpec]) -> anyhow::Result<()> {
         for s in specs {
-            self.cluster.create_topic(&s.name, s.partitions, 1).with_context(|| format!("creating topic {}", s.name))?;
+            self.cluster
+                .create_topic(&s.name, s.partitions, 1)
+                .with_context(|| format!("creating topic {}", s.name))?;
         }
         Ok(())
     }

@@ -41,10 +41,8 @@ pub fn load<T: DeserializeOwned>(
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-            text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
-                path: path.display().to_string(),
-                message: e.message().to_owned(),
-            })?
+            text.parse::<toml::Table>()
+                .map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.message().to_owned() })?
         }
         None => toml::Table::new(),
     };
@@ -80,10 +78,9 @@ fn set_path(root: &mut toml::Table, path: &[String], value: toml::Value) -> Resu
     let mut table = root;
     for seg in parents {
         let entry = table.entry(seg.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        table = entry.as_table_mut().ok_or_else(|| ConfigError::Invalid {
-            key: path.join("."),
-            message: format!("`{seg}` is not a table"),
-        })?;
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::Invalid { key: path.join("."), message: format!("`{seg}` is not a table") })?;
     }
     table.insert(last.clone(), value);
     Ok(())
@@ -157,10 +154,7 @@ impl KafkaConfig {
 
     /// The instance id, falling back to the host name, then to a fixed name.
     pub fn instance(&self) -> String {
-        self.instance_id
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| "hexcast-0".to_owned())
+        self.instance_id.clone().or_else(|| std::env::var("HOSTNAME").ok()).unwrap_or_else(|| "hexcast-0".to_owned())
     }
 }
 

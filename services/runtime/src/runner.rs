@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use hexcast_core::{FromRecord, InRecord, IntoRecord, OutRecord, ReasonCode, Stage, StageCtx, Timestamp, Topic, header};
+use hexcast_core::{
+    FromRecord, InRecord, IntoRecord, OutRecord, ReasonCode, Stage, StageCtx, Timestamp, Topic, header,
+};
 use hexcast_proto::v1 as pb;
 use prost::Message as _;
 use rdkafka::client::ClientContext;
@@ -249,7 +251,8 @@ impl Session {
         pcfg.set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("compression.type", "lz4")
-            .set("message.timeout.ms", "30000");
+            // librdkafka refuses a delivery timeout longer than the transaction timeout.
+            .set("message.timeout.ms", rt.kafka.transaction_timeout_ms.min(30_000).to_string());
         if exactly_once {
             pcfg.set("transactional.id", format!("{group}-{}", rt.kafka.instance()))
                 .set("transaction.timeout.ms", rt.kafka.transaction_timeout_ms.to_string());
@@ -511,6 +514,12 @@ where
         }
         let session = match Session::open(&rt, name, input, &stats) {
             Ok(s) => s,
+            // A client the configuration cannot create will never work: fail the process.
+            Err(e)
+                if e.chain().any(|c| matches!(c.downcast_ref::<KafkaError>(), Some(KafkaError::ClientCreation(_)))) =>
+            {
+                return Err(e.context(format!("stage {name}: invalid Kafka client configuration")));
+            }
             Err(e) => {
                 tracing::warn!(stage = name, error = %format!("{e:#}"), "opening Kafka session failed, retrying");
                 std::thread::sleep(Duration::from_millis(rt.runner.retry_backoff_ms));
@@ -538,7 +547,9 @@ where
             let crash = faults.crash_before_commit_of_batch == Some(batch_no);
             match session.commit(&rt.names, &processed.outputs, &processed.offsets, crash) {
                 Ok(()) => record_batch(name, &stats, &batch, &processed, started),
-                Err(BatchError::Crash) => return Err(anyhow::anyhow!("injected crash before commit of batch {batch_no}")),
+                Err(BatchError::Crash) => {
+                    return Err(anyhow::anyhow!("injected crash before commit of batch {batch_no}"));
+                }
                 Err(BatchError::Retry(e)) => {
                     tracing::warn!(stage = name, error = %format!("{e:#}"), "batch abandoned, rebuilding session");
                     session.abandon();
@@ -583,4 +594,3 @@ fn record_batch(
     }
     metrics::histogram!(telemetry::BATCH_SECONDS, "stage" => name).record(started.elapsed().as_secs_f64());
 }
-

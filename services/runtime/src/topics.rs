@@ -9,6 +9,7 @@ use hexcast_core::Topic;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::Consumer as _;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::{KafkaConfig, TopicsConfig};
@@ -55,10 +56,8 @@ pub fn specs(names: &TopicNames, cfg: &TopicsConfig) -> Vec<TopicSpec> {
         .iter()
         .map(|&t| {
             let sharded = matches!(t, Topic::Indexed | Topic::Subscriptions);
-            let sensitive = matches!(
-                t,
-                Topic::Raw | Topic::Normalized | Topic::Unique | Topic::DeadLetter | Topic::Review
-            );
+            let sensitive =
+                matches!(t, Topic::Raw | Topic::Normalized | Topic::Unique | Topic::DeadLetter | Topic::Review);
             TopicSpec {
                 name: names.name(t).to_owned(),
                 partitions: if sharded { cfg.shards.get() } else { cfg.partitions.get() } as i32,
@@ -99,7 +98,35 @@ pub async fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec], replication
             Err((name, code)) => anyhow::bail!("creating topic {name}: {code}"),
         }
     }
-    Ok(())
+    wait_for_leaders(&cfg, specs).await
+}
+
+/// Creation returns before every partition has a leader; clients that start right away
+/// would see NotLeaderForPartition. Wait until metadata shows a leader everywhere.
+async fn wait_for_leaders(cfg: &ClientConfig, specs: &[TopicSpec]) -> anyhow::Result<()> {
+    let consumer: rdkafka::consumer::BaseConsumer = cfg.create().context("creating metadata client")?;
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let md = consumer.fetch_metadata(None, Duration::from_secs(10)).context("reading metadata")?;
+            let ready = names.iter().all(|n| {
+                md.topics().iter().any(|t| {
+                    t.name() == n
+                        && t.error().is_none()
+                        && !t.partitions().is_empty()
+                        && t.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none())
+                })
+            });
+            if ready {
+                return Ok(());
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "topics have no leader after 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .context("waiting for topic leaders")?
 }
 
 #[cfg(test)]

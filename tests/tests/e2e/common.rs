@@ -20,6 +20,12 @@ use tonic::transport::Channel;
 
 /// The broker under test. Panics with instructions when unset: these tests never skip.
 pub fn brokers() -> String {
+    static LOGS: std::sync::Once = std::sync::Once::new();
+    LOGS.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
     std::env::var("HEXCAST_TEST_BROKERS").unwrap_or_else(|_| {
         panic!("HEXCAST_TEST_BROKERS is not set: run scripts/test.sh, which starts Apache Kafka and sets it")
     })
@@ -68,7 +74,14 @@ pub async fn publish_raw(brokers: &str, topic: &str, records: &[(String, Vec<u8>
 /// Reads a whole topic from the beginning until `want` records arrived and then `settle`
 /// passed with nothing new (so extra records, such as duplicates, are seen too), or until
 /// `timeout`.
-pub fn read_topic(brokers: &str, topic: &str, isolation: &str, want: usize, settle: Duration, timeout: Duration) -> Vec<OwnedMessage> {
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+    isolation: &str,
+    want: usize,
+    settle: Duration,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("reader-{}", unique_prefix("r")))

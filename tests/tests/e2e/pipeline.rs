@@ -76,7 +76,8 @@ fn incidents(subs: &[Sub], now_ms: i64) -> (Vec<(String, Vec<u8>)>, BTreeSet<Not
         if i % 25 == 24 {
             let bad = match i % 3 {
                 0 => b"{\"id\": \"broken".to_vec(),
-                1 => format!(r#"{{"id":"{i}","call_type":"ROBBERY","lat":95.0,"lng":-75.0,"occurred_at":{now_ms}}}"#).into_bytes(),
+                1 => format!(r#"{{"id":"{i}","call_type":"ROBBERY","lat":95.0,"lng":-75.0,"occurred_at":{now_ms}}}"#)
+                    .into_bytes(),
                 _ => format!(r#"{{"call_type":"ROBBERY","lat":39.9,"lng":-75.1,"occurred_at":{now_ms}}}"#).into_bytes(),
             };
             raws.push((format!("bad-{i}"), bad));
@@ -110,11 +111,7 @@ fn incidents(subs: &[Sub], now_ms: i64) -> (Vec<(String, Vec<u8>)>, BTreeSet<Not
     (raws, expected, malformed, valid)
 }
 
-async fn collect(
-    channel: Channel,
-    token: &str,
-    want: usize,
-) -> (Vec<Notification>, BTreeSet<String>) {
+async fn collect(channel: Channel, token: &str, want: usize) -> (Vec<Notification>, BTreeSet<String>) {
     let mut client = common::push(channel, token);
     let mut stream = client
         .subscribe(pb::SubscribeRequest { from_beginning: true, ..Default::default() })
@@ -126,7 +123,11 @@ async fn collect(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     loop {
         // Once everything expected is in, wait a little longer: a duplicate would show up.
-        let wait = if got.len() >= want { Duration::from_secs(3) } else { deadline.saturating_duration_since(tokio::time::Instant::now()) };
+        let wait = if got.len() >= want {
+            Duration::from_secs(3)
+        } else {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        };
         match tokio::time::timeout(wait, stream.message()).await {
             Ok(Ok(Some(batch))) => {
                 tenants.insert(batch.tenant.clone());
@@ -172,7 +173,10 @@ async fn pipeline_delivers_exactly_the_expected_notifications_for_1000_incidents
             })
             .collect();
         let n = reqs.len() as u64;
-        let resp = common::subscriptions(channel.clone(), token).bulk_upsert(futures::stream::iter(reqs)).await.expect("bulk upsert");
+        let resp = common::subscriptions(channel.clone(), token)
+            .bulk_upsert(futures::stream::iter(reqs))
+            .await
+            .expect("bulk upsert");
         assert_eq!(resp.into_inner().upserted, n);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -225,7 +229,9 @@ async fn pipeline_delivers_exactly_the_expected_notifications_for_1000_incidents
     assert_eq!(unique.len(), valid, "one event per distinct incident");
     for m in &dead {
         use rdkafka::message::{Headers as _, Message as _};
-        let reason = m.headers().and_then(|h| h.iter().find(|h| h.key == hexcast_core::header::DL_REASON).and_then(|h| h.value.map(<[u8]>::to_vec)));
+        let reason = m.headers().and_then(|h| {
+            h.iter().find(|h| h.key == hexcast_core::header::DL_REASON).and_then(|h| h.value.map(<[u8]>::to_vec))
+        });
         let reason = String::from_utf8(reason.expect("reason header")).expect("utf8");
         assert!(["malformed_json", "invalid_coordinates", "missing_field"].contains(&reason.as_str()), "{reason}");
     }

@@ -43,8 +43,10 @@ async fn runner_killed_mid_batch_then_restarted_emits_each_record_exactly_once()
     let brokers = cfg.kafka.brokers.clone();
     let out = rt.names.name(Topic::Normalized).to_owned();
     let (committed, uncommitted) = tokio::task::spawn_blocking(move || {
-        let c = common::read_topic(&brokers, &out, "read_committed", N, Duration::from_secs(3), Duration::from_secs(120));
-        let u = common::read_topic(&brokers, &out, "read_uncommitted", N, Duration::from_secs(1), Duration::from_secs(30));
+        let c =
+            common::read_topic(&brokers, &out, "read_committed", N, Duration::from_secs(3), Duration::from_secs(120));
+        let u =
+            common::read_topic(&brokers, &out, "read_uncommitted", N, Duration::from_secs(1), Duration::from_secs(30));
         (c, u)
     })
     .await
@@ -54,7 +56,11 @@ async fn runner_killed_mid_batch_then_restarted_emits_each_record_exactly_once()
 
     let counts = common::key_counts(&committed);
     assert_eq!(counts.len(), N, "every input has its output");
-    assert!(counts.values().all(|&c| c == 1), "duplicates: {:?}", counts.iter().filter(|(_, c)| **c > 1).take(5).collect::<Vec<_>>());
+    assert!(
+        counts.values().all(|&c| c == 1),
+        "duplicates: {:?}",
+        counts.iter().filter(|(_, c)| **c > 1).take(5).collect::<Vec<_>>()
+    );
     // The crash really happened mid-transaction: the aborted batch is in the log, invisible
     // to read_committed readers.
     assert!(uncommitted.len() > committed.len(), "no aborted outputs: {} vs {}", uncommitted.len(), committed.len());

@@ -1,0 +1,53 @@
+//! The binary's command-line contract: bad configuration fails at start, naming the key.
+
+use std::process::Command;
+
+fn hexcast() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hexcast"))
+}
+
+fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("hexcast-it-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+#[test]
+fn run_with_an_unknown_key_exits_non_zero_naming_the_key() {
+    let path = temp_config("unknown", "[kafka]\nbrokers = \"127.0.0.1:1\"\n[runner]\nmax_bacth = 10\n");
+    let out = hexcast().args(["run", "--config"]).arg(&path).args(["--target", "ingest"]).output().expect("run");
+    let _ = std::fs::remove_file(&path);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("max_bacth"), "{stderr}");
+}
+
+#[test]
+fn run_with_an_invalid_value_from_the_environment_names_the_key() {
+    let path = temp_config("env", "[kafka]\nbrokers = \"127.0.0.1:1\"\n");
+    let out =
+        hexcast().args(["run", "--config"]).arg(&path).env("HEXCAST__KAFKA__DELIVERY", "twice").output().expect("run");
+    let _ = std::fs::remove_file(&path);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("kafka.delivery"), "{stderr}");
+}
+
+#[test]
+fn run_with_an_unknown_target_fails_naming_it() {
+    let path = temp_config("target", "[kafka]\nbrokers = \"127.0.0.1:1\"\n");
+    let out =
+        hexcast().args(["run", "--config"]).arg(&path).args(["--target", "ingest,matcher"]).output().expect("run");
+    let _ = std::fs::remove_file(&path);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("matcher"));
+}
+
+#[test]
+fn push_without_tokens_fails_naming_the_key() {
+    let path = temp_config("tokens", "[kafka]\nbrokers = \"127.0.0.1:1\"\n[topics]\ncreate = false\n");
+    let out = hexcast().args(["run", "--config"]).arg(&path).args(["--target", "push"]).output().expect("run");
+    let _ = std::fs::remove_file(&path);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("push.tokens_file"));
+}
