@@ -118,10 +118,10 @@ impl Running {
         }
         if let Some(push) = self.push {
             let r = push.matcher.join().await.and(push.server.await.context("gRPC server task")?);
-            if let Err(e) = r {
-                if result.is_ok() {
-                    result = Err(e.context("target push"));
-                }
+            if let Err(e) = r
+                && result.is_ok()
+            {
+                result = Err(e.context("target push"));
             }
         }
         result

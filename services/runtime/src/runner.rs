@@ -368,10 +368,10 @@ impl Session {
     }
 
     fn abandon(&self) {
-        if self.exactly_once {
-            if let Err(e) = self.producer.abort_transaction(TXN_TIMEOUT) {
-                tracing::debug!(error = %e, "abort after failed batch");
-            }
+        if self.exactly_once
+            && let Err(e) = self.producer.abort_transaction(TXN_TIMEOUT)
+        {
+            tracing::debug!(error = %e, "abort after failed batch");
         }
     }
 }
@@ -426,10 +426,10 @@ fn dead_letter(
 /// Copies the input's trace headers onto an output that lacks them.
 fn propagate(input: &InRecord, out: &mut OutRecord) {
     for name in [header::TRACE_ID, header::SOURCE] {
-        if out.headers.iter().all(|(k, _)| k != name) {
-            if let Some(v) = input.header(name) {
-                out.headers.push((name.to_owned(), v.to_vec()));
-            }
+        if out.headers.iter().all(|(k, _)| k != name)
+            && let Some(v) = input.header(name)
+        {
+            out.headers.push((name.to_owned(), v.to_vec()));
         }
     }
 }

@@ -67,7 +67,16 @@ fn population() -> Vec<Sub> {
 
 type Notification = (String, String, String); // (alert id, tenant, subscriber)
 
-fn incidents(subs: &[Sub], now_ms: i64) -> (Vec<(String, Vec<u8>)>, BTreeSet<Notification>, usize, usize) {
+/// The raw records, the notifications they must produce, and how many were malformed and
+/// how many distinct valid incidents there are.
+struct Scenario {
+    raws: Vec<(String, Vec<u8>)>,
+    expected: BTreeSet<Notification>,
+    malformed: usize,
+    valid: usize,
+}
+
+fn incidents(subs: &[Sub], now_ms: i64) -> Scenario {
     let mut raws: Vec<(String, Vec<u8>)> = Vec::new();
     let mut expected = BTreeSet::new();
     let (mut malformed, mut valid) = (0, 0);
@@ -84,12 +93,12 @@ fn incidents(subs: &[Sub], now_ms: i64) -> (Vec<(String, Vec<u8>)>, BTreeSet<Not
             malformed += 1;
             continue;
         }
-        if i % 40 == 39 {
-            if let Some(j) = last_valid {
-                let repeat = raws[j].clone();
-                raws.push(repeat);
-                continue;
-            }
+        if i % 40 == 39
+            && let Some(j) = last_valid
+        {
+            let repeat = raws[j].clone();
+            raws.push(repeat);
+            continue;
         }
         let k = i % SITES;
         let (call, radius) = CALLS[(i / SITES) % CALLS.len()];
@@ -108,7 +117,7 @@ fn incidents(subs: &[Sub], now_ms: i64) -> (Vec<(String, Vec<u8>)>, BTreeSet<Not
         }
     }
     assert_eq!(raws.len(), 1000);
-    (raws, expected, malformed, valid)
+    Scenario { raws, expected, malformed, valid }
 }
 
 async fn collect(channel: Channel, token: &str, want: usize) -> (Vec<Notification>, BTreeSet<String>) {
@@ -186,7 +195,7 @@ async fn pipeline_delivers_exactly_the_expected_notifications_for_1000_incidents
     }
 
     let now_ms = (rt.clock)().as_millis();
-    let (raws, expected, malformed, valid) = incidents(&subs, now_ms);
+    let Scenario { raws, expected, malformed, valid } = incidents(&subs, now_ms);
     assert!(expected.len() > 1000, "the scenario must notify plenty: {}", expected.len());
     common::publish_raw(&cfg.kafka.brokers, rt.names.name(Topic::Raw), &raws).await;
 
