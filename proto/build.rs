@@ -27,5 +27,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(grpc)
         .file_descriptor_set_path(out_dir.join("hexcast_descriptor.bin"))
         .compile_with_config(config, &protos, &["."])?;
+
+    // Canonical proto3 JSON (camelCase names, enums as strings, 64-bit ints as strings) for
+    // the offline tools that read and print messages as JSON lines.
+    let descriptors = std::fs::read(out_dir.join("hexcast_descriptor.bin"))?;
+    pbjson_build::Builder::new().register_descriptors(&descriptors)?.build(&[".hexcast.v1"])?;
     Ok(())
 }

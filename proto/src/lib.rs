@@ -7,7 +7,34 @@
 /// Package `hexcast.v1`.
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/hexcast.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/hexcast.v1.serde.rs"));
 }
 
 /// Encoded `FileDescriptorSet` of every hexcast proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hexcast_descriptor.bin"));
+
+#[cfg(test)]
+mod tests {
+    use super::v1;
+
+    #[test]
+    fn messages_round_trip_through_canonical_json() {
+        let alert = v1::Alert {
+            alert_id: "pd:1@2".into(),
+            severity: v1::Severity::Severe as i32,
+            coarse_cell: 0x8a2a_1072_b59f_fff,
+            target: Some(v1::Area {
+                shape: Some(v1::area::Shape::Circle(v1::Circle {
+                    center: Some(v1::LatLng { lat: 40.0, lng: -75.0 }),
+                    radius_m: 400.0,
+                })),
+            }),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&alert).expect("serialize");
+        assert!(json.contains("\"alertId\":\"pd:1@2\""), "{json}");
+        assert!(json.contains("\"SEVERITY_SEVERE\""), "{json}");
+        let back: v1::Alert = serde_json::from_str(&json).expect("parse");
+        assert_eq!(alert, back);
+    }
+}
