@@ -73,6 +73,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Health endpoint.
+    #[serde(default)]
+    pub health: crate::health::HealthConfig,
 }
 
 impl Config {
@@ -93,6 +96,7 @@ impl Config {
             policy: PolicySection::default(),
             push: PushConfig::default(),
             log: LogConfig::default(),
+            health: crate::health::HealthConfig::default(),
         }
     }
 }

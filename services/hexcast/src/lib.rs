@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod targets;
 
 pub use config::Config;

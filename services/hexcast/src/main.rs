@@ -75,12 +75,38 @@ async fn run(config: Option<PathBuf>, target: &str, sets: &[String]) -> anyhow::
     }
     let shutdown = CancellationToken::new();
     hexcast_runtime::shutdown::cancel_on_signal(shutdown.clone());
+    // The health server outlives the stages' shutdown token so it can report NOT_SERVING.
+    let health_stop = CancellationToken::new();
+    let health = match cfg.health.listen {
+        Some(listen) => Some(hexcast::health::serve(listen, health_stop.clone()).await?),
+        None => None,
+    };
     let rt = hexcast::runtime(&cfg);
     let running = hexcast::start(&cfg, &rt, &targets, None, None, shutdown.clone()).await?;
+    if let Some(h) = &health {
+        h.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    }
     tracing::info!(targets = %target, "hexcast running");
     // A stage that dies on its own is fatal for the process: stop the rest and exit non-zero.
-    let result = running.join().await;
-    shutdown.cancel();
+    let watch = {
+        let shutdown = shutdown.clone();
+        let health = health.clone();
+        async move {
+            shutdown.cancelled().await;
+            if let Some(h) = health {
+                h.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            }
+        }
+    };
+    let (result, ()) = tokio::join!(
+        async {
+            let r = running.join().await;
+            shutdown.cancel();
+            r
+        },
+        watch
+    );
+    health_stop.cancel();
     result
 }
 

@@ -80,6 +80,8 @@ pub struct Running {
     pub stages: Vec<(Target, StageHandle)>,
     /// The push service, when running.
     pub push: Option<PushHandle>,
+    /// Stops every target.
+    pub shutdown: CancellationToken,
 }
 
 impl Running {
@@ -105,24 +107,33 @@ impl Running {
         }
     }
 
-    /// Waits for every stage and the server to stop; the first error wins.
+    /// Waits until every target has stopped. Targets only stop on shutdown or a fatal
+    /// error, so the first one to stop cancels the rest; the first error wins.
     pub async fn join(self) -> anyhow::Result<()> {
-        let mut result = Ok(());
+        use futures::FutureExt as _;
+        let mut waits: Vec<futures::future::BoxFuture<'static, (String, anyhow::Result<()>)>> = Vec::new();
         for (target, stage) in self.stages {
-            if let Err(e) = stage.join().await {
-                tracing::error!(%target, error = %format!("{e:#}"), "stage failed");
-                if result.is_ok() {
-                    result = Err(e.context(format!("target {target}")));
-                }
-            }
+            waits.push(async move { (target.to_string(), stage.join().await) }.boxed());
         }
         if let Some(push) = self.push {
-            let r = push.matcher.join().await.and(push.server.await.context("gRPC server task")?);
-            if let Err(e) = r
-                && result.is_ok()
-            {
-                result = Err(e.context("target push"));
+            waits.push(async move { ("push".to_owned(), push.matcher.join().await) }.boxed());
+            let server = push.server;
+            waits.push(
+                async move { ("push gRPC".to_owned(), server.await.unwrap_or_else(|e| Err(anyhow::anyhow!(e)))) }
+                    .boxed(),
+            );
+        }
+        let mut result = Ok(());
+        while !waits.is_empty() {
+            let ((name, r), _, rest) = futures::future::select_all(waits).await;
+            if let Err(e) = r {
+                tracing::error!(target = %name, error = %format!("{e:#}"), "target failed");
+                if result.is_ok() {
+                    result = Err(e.context(format!("target {name}")));
+                }
             }
+            self.shutdown.cancel();
+            waits = rest;
         }
         result
     }
@@ -145,7 +156,7 @@ pub async fn start(
     let mut stages = Vec::new();
     let mut push = None;
     for &target in targets {
-        let s = shutdown.clone();
+        let s = shutdown.child_token();
         let none = FaultInjection::default();
         let handle = match target {
             Target::Ingest => spawn_stage(rt, Topic::Raw, || Ingest, s, none)?,
@@ -191,7 +202,7 @@ pub async fn start(
         };
         stages.push((target, handle));
     }
-    Ok(Running { stages, push })
+    Ok(Running { stages, push, shutdown })
 }
 
 #[cfg(test)]
