@@ -19,12 +19,14 @@ pub const CIRCLE_SIDES: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, try_from = "RawGeoConfig")]
 pub struct GeoConfig {
-    /// Resolution of subscriber cells and of alert covers. Subscriber locations are stored
-    /// at this precision and no finer.
+    /// Resolution of the cell that stands for a subscriber's point or circle center.
+    /// Subscriber locations are stored at this precision and no finer.
     pub precision: Resolution,
+    /// Resolution of the cells that stand for a subscriber's polygon.
+    pub polygon_precision: Resolution,
     /// Resolution of a shard territory.
     pub territory_resolution: Resolution,
-    /// Largest cover accepted for one alert, in cells at `precision`.
+    /// Largest cover accepted for one alert, in cells at the finest bucket level (9).
     pub max_cover_cells: usize,
 }
 
@@ -33,6 +35,8 @@ pub struct GeoConfig {
 struct RawGeoConfig {
     #[serde(default = "default_precision")]
     precision: u8,
+    #[serde(default = "default_polygon_precision")]
+    polygon_precision: u8,
     #[serde(default = "default_territory")]
     territory_resolution: u8,
     #[serde(default = "default_max_cover")]
@@ -40,6 +44,9 @@ struct RawGeoConfig {
 }
 
 const fn default_precision() -> u8 {
+    11
+}
+const fn default_polygon_precision() -> u8 {
     10
 }
 const fn default_territory() -> u8 {
@@ -54,6 +61,8 @@ impl TryFrom<RawGeoConfig> for GeoConfig {
     fn try_from(r: RawGeoConfig) -> Result<Self, String> {
         let precision =
             Resolution::try_from(r.precision).map_err(|_| format!("precision {} is not 0..=15", r.precision))?;
+        let polygon_precision = Resolution::try_from(r.polygon_precision)
+            .map_err(|_| format!("polygon_precision {} is not 0..=15", r.polygon_precision))?;
         let territory = Resolution::try_from(r.territory_resolution)
             .map_err(|_| format!("territory_resolution {} is not 0..=15", r.territory_resolution))?;
         if territory > precision {
@@ -62,14 +71,15 @@ impl TryFrom<RawGeoConfig> for GeoConfig {
                 r.territory_resolution, r.precision
             ));
         }
-        Ok(Self { precision, territory_resolution: territory, max_cover_cells: r.max_cover_cells })
+        Ok(Self { precision, polygon_precision, territory_resolution: territory, max_cover_cells: r.max_cover_cells })
     }
 }
 
 impl Default for GeoConfig {
     fn default() -> Self {
         Self {
-            precision: Resolution::Ten,
+            precision: Resolution::Eleven,
+            polygon_precision: Resolution::Ten,
             territory_resolution: Resolution::Three,
             max_cover_cells: default_max_cover(),
         }
@@ -116,11 +126,138 @@ fn tile(polygons: Vec<geo::Polygon<f64>>, res: Resolution, max_cells: usize) -> 
     Ok(cells)
 }
 
+/// The cell's centroid.
+pub fn centroid(cell: CellIndex) -> LatLng {
+    let c = h3o::LatLng::from(cell);
+    // h3o's centroids are always valid coordinates; (0, 0) cannot be a centroid of any cell.
+    LatLng::new(c.lat(), c.lng()).unwrap_or_else(|_| unreachable!("cell centroid"))
+}
+
+/// Largest distance from the cell's centroid to its boundary, in meters: every point of the
+/// cell is within this distance of the centroid.
+pub fn circumradius_m(cell: CellIndex) -> f64 {
+    let c = centroid(cell);
+    cell.boundary()
+        .iter()
+        .filter_map(|v| LatLng::new(v.lat(), v.lng()).ok())
+        .map(|v| c.distance_m(v))
+        .fold(0.0, f64::max)
+        // Boundary vertices are on great circles; edges between them bulge by far less
+        // than this margin at every resolution.
+        * 1.01
+        + 0.5
+}
+
+/// An upper bound of [`circumradius_m`] over every cell of a resolution (H3 cells vary in
+/// size; the bound is checked against sampled cells in the tests).
+pub fn max_circumradius_m(res: Resolution) -> f64 {
+    res.edge_length_m() * 2.0
+}
+
+/// Cells at `res` that touch the disc of `radius_m` around `center`, each with whether it
+/// lies entirely inside the disc. Conservative: a cell is kept when its centroid is within
+/// the radius plus the largest circumradius of the resolution.
+pub fn disc_cells(
+    center: LatLng,
+    radius_m: f64,
+    res: Resolution,
+    max_cells: usize,
+) -> Result<Vec<(CellIndex, bool)>, CoverError> {
+    let rho = max_circumradius_m(res);
+    let bound = radius_m + rho;
+    // Centroids of successive grid rings are at least ~0.9 average edge lengths apart, even
+    // where H3 cells are smallest.
+    let k = (bound / (0.9 * res.edge_length_m())).ceil() as u64 + 1;
+    if 3 * k * (k + 1) + 1 > (max_cells as u64).saturating_mul(4).max(64) {
+        return Err(CoverError::TooLarge { max: max_cells, res: u8::from(res) });
+    }
+    // Exact per-cell circumradii only where the cheap bounds cannot decide: cells whose
+    // centroid is within half an edge of the disc surely reach into it (their inscribed
+    // radius is larger), and cells within the disc by the largest circumradius are surely
+    // inside it.
+    let half_edge = 0.5 * res.edge_length_m();
+    let out: Vec<(CellIndex, bool)> = center
+        .cell(res)
+        .grid_disk_safe(k as u32)
+        .filter_map(|c| {
+            let d = center.distance_m(centroid(c));
+            if d > bound {
+                return None;
+            }
+            if d + rho <= radius_m {
+                return Some((c, true));
+            }
+            let own = circumradius_m(c);
+            if d > radius_m + half_edge && d > radius_m + own {
+                return None;
+            }
+            Some((c, d + own <= radius_m))
+        })
+        .collect();
+    if out.len() > max_cells {
+        return Err(CoverError::TooLarge { max: max_cells, res: u8::from(res) });
+    }
+    Ok(out)
+}
+
+/// Cells at `res` that touch `area`, each with whether it lies entirely inside the area.
+/// Conservative in both directions: every touching cell is listed, and "inside" is only
+/// claimed when it is certain.
+pub fn area_cells(area: &Area, res: Resolution, max_cells: usize) -> Result<Vec<(CellIndex, bool)>, CoverError> {
+    match area {
+        Area::Point(p) => disc_cells(*p, 0.0, res, max_cells),
+        Area::Circle { center, radius_m } => disc_cells(*center, *radius_m, res, max_cells),
+        Area::CellDisc { cell, radius_m } => {
+            disc_cells(centroid(*cell), radius_m + circumradius_m(*cell), res, max_cells)
+        }
+        Area::Polygon(_) | Area::MultiPolygon(_) => {
+            let polys = match area {
+                Area::Polygon(p) => vec![p.clone()],
+                Area::MultiPolygon(m) => m.0.clone(),
+                _ => unreachable!("matched above"),
+            };
+            let mut tiler = TilerBuilder::new(res).containment_mode(ContainmentMode::Covers).build();
+            for p in polys {
+                tiler.add(p).map_err(|e| CoverError::InvalidGeometry(e.to_string()))?;
+            }
+            if tiler.coverage_size_hint() > max_cells.saturating_mul(4) {
+                return Err(CoverError::TooLarge { max: max_cells, res: u8::from(res) });
+            }
+            let mut out: Vec<(CellIndex, bool)> =
+                tiler.into_annotated_coverage().map(|a| (a.cell, a.is_fully_contained)).collect();
+            if out.len() > max_cells {
+                return Err(CoverError::TooLarge { max: max_cells, res: u8::from(res) });
+            }
+            out.sort_unstable_by_key(|(c, _)| *c);
+            out.dedup_by_key(|(c, _)| *c);
+            Ok(out)
+        }
+        Area::Cells(cells) => {
+            let mut out = Vec::new();
+            for &c in cells {
+                out.extend(
+                    disc_cells(centroid(c), circumradius_m(c), res, max_cells)?.into_iter().map(|(x, _)| (x, false)),
+                );
+                if out.len() > max_cells {
+                    return Err(CoverError::TooLarge { max: max_cells, res: u8::from(res) });
+                }
+            }
+            out.sort_unstable_by_key(|(c, _)| *c);
+            out.dedup_by_key(|(c, _)| *c);
+            Ok(out)
+        }
+    }
+}
+
 /// Every cell at `res` that touches `area`, sorted and unique. Explicit cells finer than
 /// `res` become their parent; coarser ones their children.
 pub fn cover(area: &Area, res: Resolution, max_cells: usize) -> Result<Vec<CellIndex>, CoverError> {
     match area {
         Area::Point(p) => Ok(vec![p.cell(res)]),
+        Area::CellDisc { cell, radius_m } => {
+            let r = radius_m + circumradius_m(*cell);
+            tile(vec![circle_polygon(centroid(*cell), r)], res, max_cells)
+        }
         Area::Circle { center, radius_m } => tile(vec![circle_polygon(*center, *radius_m)], res, max_cells),
         Area::Polygon(p) => tile(vec![p.clone()], res, max_cells),
         Area::MultiPolygon(m) => tile(m.0.clone(), res, max_cells),
@@ -224,6 +361,52 @@ mod tests {
     fn cover_refuses_areas_over_the_cell_budget() {
         let area = Area::circle(sf(), 50_000.0).expect("valid");
         assert!(matches!(cover(&area, Resolution::Ten, 1_000), Err(CoverError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn max_circumradius_bounds_sampled_cells_at_every_resolution() {
+        for r in 0..=12u8 {
+            let res = Resolution::try_from(r).expect("valid");
+            let bound = max_circumradius_m(res);
+            for lat in (-85..=85).step_by(17) {
+                for lng in (-180..180).step_by(23) {
+                    let p = LatLng::new(lat as f64 + 0.3, lng as f64 + 0.7).expect("valid");
+                    let c = p.cell(res);
+                    assert!(circumradius_m(c) <= bound, "res {r} cell {c} {} > {bound}", circumradius_m(c));
+                }
+            }
+            for base in CellIndex::base_cells() {
+                let c = base.center_child(res).expect("child");
+                assert!(circumradius_m(c) <= bound, "res {r} pentagon-ish {c}");
+            }
+        }
+    }
+
+    #[test]
+    fn disc_cells_hold_every_point_of_the_disc() {
+        for (lat, lng) in [(37.77, -122.42), (-16.99, 179.999), (89.5, 10.0), (0.5, 0.5)] {
+            let c = LatLng::new(lat, lng).expect("valid");
+            for (res, r) in [
+                (Resolution::Nine, 0.0),
+                (Resolution::Nine, 800.0),
+                (Resolution::Seven, 3_000.0),
+                (Resolution::Five, 1_000.0),
+            ] {
+                let cells = disc_cells(c, r, res, 1_000_000).expect("cells");
+                for i in 0..72 {
+                    for f in [0.0, 0.5, 1.0] {
+                        let p = c.destination(i as f64 * 5.0, r * f);
+                        let pc = p.cell(res);
+                        assert!(cells.iter().any(|(x, _)| *x == pc), "missed {pc} at {lat},{lng} r={r} res={res}");
+                    }
+                }
+                for (cell, inside) in cells {
+                    if inside {
+                        assert!(c.distance_m(centroid(cell)) + circumradius_m(cell) <= r + 1e-6);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -110,6 +110,9 @@ pub enum Area {
     MultiPolygon(geo::MultiPolygon<f64>),
     /// Explicit cells, any resolution.
     Cells(Vec<CellIndex>),
+    /// A disc of `radius_m` around a center known only to lie in `cell` (stored
+    /// subscriptions: the cell replaces the raw coordinates).
+    CellDisc { cell: CellIndex, radius_m: f64 },
 }
 
 impl Area {
@@ -190,6 +193,13 @@ impl TryFrom<&pb::Area> for Area {
                 let polys = m.polygons.iter().map(polygon_from_pb).collect::<Result<Vec<_>, _>>()?;
                 Ok(Area::MultiPolygon(geo::MultiPolygon(polys)))
             }
+            Shape::CellDisc(d) => {
+                let cell = CellIndex::try_from(d.cell).map_err(|_| GeoError::InvalidCell(d.cell))?;
+                if !(d.radius_m.is_finite() && (0.0..=MAX_RADIUS_M).contains(&d.radius_m)) {
+                    return Err(GeoError::InvalidRadius { radius_m: d.radius_m });
+                }
+                Ok(Area::CellDisc { cell, radius_m: d.radius_m })
+            }
             Shape::Cells(c) => {
                 if c.cells.is_empty() {
                     return Err(GeoError::Empty);
@@ -218,6 +228,9 @@ impl From<&Area> for pb::Area {
                 Shape::Multipolygon(pb::MultiPolygon { polygons: m.0.iter().map(polygon_to_pb).collect() })
             }
             Area::Cells(c) => Shape::Cells(pb::CellSet { cells: c.iter().map(|&c| u64::from(c)).collect() }),
+            Area::CellDisc { cell, radius_m } => {
+                Shape::CellDisc(pb::CellDisc { cell: u64::from(*cell), radius_m: *radius_m })
+            }
         };
         pb::Area { shape: Some(shape) }
     }

@@ -4,6 +4,7 @@
 //! the dependency graph enforces that stage logic stays pure and testable without a broker.
 
 pub mod cells;
+pub mod exact;
 pub mod geo;
 pub mod model;
 pub mod record;
@@ -13,8 +14,8 @@ pub mod time;
 
 pub use geo::{Area, GeoError, LatLng};
 pub use model::{
-    Alert, DecodeModelError, EventKind, Incident, IncidentEvent, IndexedAlert, NotificationBatch, PolicyDecision,
-    Sensitive, Subscription, SubscriptionFilter,
+    Alert, DecodeModelError, EventKind, Incident, IncidentEvent, IndexedAlert, NotificationBatch, Place,
+    PolicyDecision, Sensitive, Subscription, SubscriptionFilter,
 };
 pub use record::{DecodeError, FromRecord, InRecord, IntoRecord, OutRecord, Topic, header};
 pub use stage::{ReasonCode, Stage, StageCtx};

@@ -414,7 +414,7 @@ pub struct IndexedAlert {
     pub shard: u32,
     /// Every shard the cover touches, ascending.
     pub shards: Vec<u32>,
-    /// The whole cover (every shard's cells), sorted.
+    /// Territories the alert touches (cells at the territory resolution), sorted.
     pub cells: Vec<CellIndex>,
 }
 
@@ -488,6 +488,29 @@ impl SubscriptionFilter {
     }
 }
 
+/// One stored area of a subscriber: only cells, never coordinates.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Place {
+    /// A point (radius 0) or circle whose center is somewhere in `cell`.
+    Disc {
+        /// Cell at the configured precision holding the center.
+        cell: CellIndex,
+        /// Radius in meters.
+        radius_m: f32,
+    },
+    /// A polygon or an explicit set, as cells.
+    Cells(Vec<CellIndex>),
+}
+
+impl From<&Place> for Area {
+    fn from(p: &Place) -> Self {
+        match p {
+            Place::Disc { cell, radius_m } => Area::CellDisc { cell: *cell, radius_m: f64::from(*radius_m) },
+            Place::Cells(c) => Area::Cells(c.clone()),
+        }
+    }
+}
+
 /// A stored subscription: areas only as H3 cells.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Subscription {
@@ -495,11 +518,11 @@ pub struct Subscription {
     pub tenant: String,
     /// Subscriber id within the tenant.
     pub subscriber_id: String,
-    /// Cells of the subscriber's areas, at the configured precision.
-    pub cells: Vec<CellIndex>,
+    /// The subscriber's areas.
+    pub places: Vec<Place>,
     /// Filters.
     pub filter: SubscriptionFilter,
-    /// Shards the cells touch, ascending.
+    /// Shards the places touch, ascending.
     pub shards: Vec<u32>,
     /// Last change.
     pub updated_at: Timestamp,
@@ -522,7 +545,7 @@ impl From<&Subscription> for pb::Subscription {
         pb::Subscription {
             subscriber_id: s.subscriber_id.clone(),
             tenant: s.tenant.clone(),
-            areas: vec![(&Area::Cells(s.cells.clone())).into()],
+            areas: s.places.iter().map(|p| (&Area::from(p)).into()).collect(),
             filter: Some(pb::SubscriptionFilter {
                 categories: s.filter.categories.clone(),
                 min_severity: s.filter.min_severity as i32,
@@ -539,18 +562,22 @@ impl TryFrom<pb::Subscription> for Subscription {
     /// Only the stored form is accepted here: areas as cells. Raw geometry from the API is
     /// turned into cells by the push service before it ever becomes a `Subscription`.
     fn try_from(p: pb::Subscription) -> Result<Self, Self::Error> {
-        let mut cells = Vec::new();
+        let mut places = Vec::with_capacity(p.areas.len());
         for a in &p.areas {
-            match Area::try_from(a).map_err(geo_err("areas"))? {
-                Area::Cells(c) => cells.extend(c),
+            places.push(match Area::try_from(a).map_err(geo_err("areas"))? {
+                Area::Cells(c) => Place::Cells(c),
+                Area::CellDisc { cell, radius_m } => Place::Disc { cell, radius_m: radius_m as f32 },
                 _ => return Err(DecodeModelError::Missing("areas (as cells)")),
-            }
+            });
+        }
+        if places.is_empty() {
+            return Err(DecodeModelError::Missing("areas"));
         }
         let filter = p.filter.unwrap_or_default();
         Ok(Subscription {
             tenant: non_empty(p.tenant, "tenant")?,
             subscriber_id: non_empty(p.subscriber_id, "subscriber_id")?,
-            cells,
+            places,
             filter: SubscriptionFilter {
                 categories: filter.categories,
                 min_severity: enum_of("filter.min_severity", filter.min_severity)?,

@@ -6,20 +6,23 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use hexcast_core::cells::{ShardMap, partition_for_key};
+use hexcast_core::cells::{CoverError, partition_for_key};
 use hexcast_core::{IndexedAlert, NotificationBatch, OutRecord, ReasonCode, Stage, StageCtx, Topic};
 use hexcast_proto::v1 as pb;
 
 use crate::index::SubscriberIndex;
 
-/// Matching never rejects a decoded alert.
+/// Why an alert could not be matched.
 #[derive(Debug, thiserror::Error)]
-#[error("unreachable")]
-pub enum MatchError {}
+#[error(transparent)]
+pub struct MatchError(#[from] CoverError);
 
 impl ReasonCode for MatchError {
     fn reason_code(&self) -> &'static str {
-        match *self {}
+        match self.0 {
+            CoverError::InvalidGeometry(_) => "invalid_geometry",
+            CoverError::TooLarge { .. } => "area_too_large",
+        }
     }
 }
 
@@ -27,20 +30,14 @@ impl ReasonCode for MatchError {
 #[derive(Debug, Clone)]
 pub struct Matcher {
     index: Arc<SubscriberIndex>,
-    shards: ShardMap,
     notification_partitions: u32,
     max_ids_per_record: usize,
 }
 
 impl Matcher {
     /// A matcher over a shared index.
-    pub fn new(
-        index: Arc<SubscriberIndex>,
-        shards: ShardMap,
-        notification_partitions: u32,
-        max_ids_per_record: usize,
-    ) -> Self {
-        Self { index, shards, notification_partitions, max_ids_per_record: max_ids_per_record.max(1) }
+    pub fn new(index: Arc<SubscriberIndex>, notification_partitions: u32, max_ids_per_record: usize) -> Self {
+        Self { index, notification_partitions, max_ids_per_record: max_ids_per_record.max(1) }
     }
 }
 
@@ -58,17 +55,12 @@ impl Stage for Matcher {
         "push"
     }
 
-    fn process(
-        &mut self,
-        mut input: IndexedAlert,
-        _ctx: &StageCtx,
-        out: &mut Vec<OutRecord>,
-    ) -> Result<(), MatchError> {
-        if !input.cells.is_sorted() {
-            input.cells.sort_unstable();
-        }
+    fn process(&mut self, input: IndexedAlert, _ctx: &StageCtx, out: &mut Vec<OutRecord>) -> Result<(), MatchError> {
+        let started = std::time::Instant::now();
+        let matches = self.index.matches(&input.alert, input.shard, &input.shards)?;
+        metrics::histogram!("hexcast_push_match_seconds").record(started.elapsed().as_secs_f64());
         let mut by_tenant: BTreeMap<Arc<str>, Vec<String>> = BTreeMap::new();
-        for m in self.index.matches(&input, &self.shards) {
+        for m in matches {
             by_tenant.entry(m.tenant).or_default().push(m.subscriber_id.to_string());
         }
         for (tenant, mut ids) in by_tenant {

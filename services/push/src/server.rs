@@ -97,7 +97,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<PushHandle> {
     let shard_map = ShardMap { territory_res: geo.territory_resolution, shards };
-    let index = Arc::new(SubscriberIndex::new());
+    let index = Arc::new(SubscriberIndex::new(shard_map));
     let loader = spawn_loader(rt, Arc::clone(&index), None, shutdown.clone())?;
 
     let matcher = {
@@ -106,7 +106,7 @@ pub async fn start(
         spawn_stage(
             rt,
             Topic::Indexed,
-            move || Matcher::new(Arc::clone(&index), shard_map, notification_partitions, max_ids),
+            move || Matcher::new(Arc::clone(&index), notification_partitions, max_ids),
             shutdown.clone(),
             FaultInjection::default(),
         )?

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use hexcast_core::Place;
 use hexcast_core::cells::{GeoConfig, ShardMap, cover};
 use hexcast_core::taxonomy::validate_prefix;
 use hexcast_core::{Area, Severity, Subscription, SubscriptionFilter, Timestamp, Topic};
@@ -75,27 +76,38 @@ impl PushState {
         if api.areas.is_empty() {
             return Err(PushError::invalid("subscription.areas", "at least one area is required"));
         }
-        let mut cells = Vec::new();
+        let mut places = Vec::with_capacity(api.areas.len());
+        let mut budget = self.max_cells_per_subscription;
         for (i, a) in api.areas.iter().enumerate() {
-            let area = Area::try_from(a).map_err(|e| PushError::invalid(format!("subscription.areas[{i}]"), e))?;
-            let budget = self.max_cells_per_subscription.saturating_sub(cells.len());
-            let c = cover(&area, self.geo.precision, budget)
-                .map_err(|e| PushError::invalid(format!("subscription.areas[{i}]"), e))?;
-            cells.extend(c);
+            let field = || format!("subscription.areas[{i}]");
+            let area = Area::try_from(a).map_err(|e| PushError::invalid(field(), e))?;
+            // Raw coordinates stop here: a center becomes its cell, a polygon its cells.
+            places.push(match area {
+                Area::Point(p) => Place::Disc { cell: p.cell(self.geo.precision), radius_m: 0.0 },
+                Area::Circle { center, radius_m } => {
+                    Place::Disc { cell: center.cell(self.geo.precision), radius_m: radius_m as f32 }
+                }
+                Area::CellDisc { cell, radius_m } => Place::Disc { cell, radius_m: radius_m as f32 },
+                Area::Polygon(_) | Area::MultiPolygon(_) | Area::Cells(_) => {
+                    let cells =
+                        cover(&area, self.geo.polygon_precision, budget).map_err(|e| PushError::invalid(field(), e))?;
+                    budget = budget.saturating_sub(cells.len());
+                    Place::Cells(cells)
+                }
+            });
         }
-        cells.sort_unstable();
-        cells.dedup();
         let filter = api.filter.unwrap_or_default();
         for (i, p) in filter.categories.iter().enumerate() {
             validate_prefix(p).map_err(|e| PushError::invalid(format!("subscription.filter.categories[{i}]"), e))?;
         }
         let min_severity = Severity::try_from(filter.min_severity)
             .map_err(|_| PushError::invalid("subscription.filter.min_severity", "unknown severity"))?;
+        let (_, shards) = crate::index::shards_of(&places, &self.shards);
         Ok(Subscription {
             tenant: tenant.to_owned(),
             subscriber_id: id,
-            shards: self.shards.shards_of(&cells),
-            cells,
+            shards,
+            places,
             filter: SubscriptionFilter { categories: filter.categories, min_severity, attributes: filter.attributes },
             updated_at: now,
         })
@@ -107,7 +119,7 @@ impl PushState {
         let key = sub.key();
         let topic = self.rt.names.name(Topic::Subscriptions);
         let payload = pb::Subscription::from(sub).encode_to_vec();
-        let old_shards: Vec<u32> = self.index.get(&key).map(|e| e.shards.to_vec()).unwrap_or_default();
+        let old_shards: Vec<u32> = self.index.shards(&key).unwrap_or_default();
         let mut futures = Vec::with_capacity(sub.shards.len());
         for &shard in &sub.shards {
             let rec = FutureRecord::to(topic).key(&key).payload(&payload).partition(shard as i32);
@@ -157,9 +169,9 @@ impl Subscriptions for SubscriptionsService {
             return Err(PushError::invalid("subscriber_id", "is required").into());
         }
         let key = hexcast_core::model::subscription_key(&tenant, &id);
-        let existing = self.0.index.get(&key);
+        let existing = self.0.index.shards(&key);
         let shards: Vec<u32> = match &existing {
-            Some(e) => e.shards.to_vec(),
+            Some(s) => s.clone(),
             // Not (yet) in the index: tombstone every shard so a write still in flight dies too.
             None => (0..self.0.shards.shards).collect(),
         };
@@ -177,8 +189,8 @@ impl Subscriptions for SubscriptionsService {
         let tenant = tenant_of(&req)?;
         let id = req.into_inner().subscriber_id;
         let key = hexcast_core::model::subscription_key(&tenant, &id);
-        let entry = self.0.index.get(&key).ok_or_else(|| PushError::NotFound(format!("subscriber `{id}`")))?;
-        Ok(Response::new((&entry.to_subscription()).into()))
+        let sub = self.0.index.get(&key).ok_or_else(|| PushError::NotFound(format!("subscriber `{id}`")))?;
+        Ok(Response::new((&sub).into()))
     }
 
     async fn bulk_upsert(

@@ -4,7 +4,7 @@
 //! It must never narrow an area: a cover that would exceed the cell budget is rejected
 //! (dead-lettered with a reason), not truncated.
 
-use hexcast_core::cells::{CoverError, GeoConfig, ShardMap, cover};
+use hexcast_core::cells::{CoverError, GeoConfig, ShardMap, area_cells};
 use hexcast_core::{Alert, IndexedAlert, ReasonCode, Stage, StageCtx};
 
 /// Why an alert could not be indexed.
@@ -39,9 +39,16 @@ impl Spatial {
         self.shards
     }
 
-    /// The records for one alert, one per shard touched, in shard order.
+    /// The records for one alert, one per shard touched, in shard order. The records carry
+    /// the territories touched; matchers cover the area themselves at their bucket levels.
     pub fn index(&self, alert: Alert) -> Result<Vec<IndexedAlert>, SpatialError> {
-        let cells = cover(&alert.target, self.geo.precision, self.geo.max_cover_cells)?;
+        // Refuse what the matchers could not cover at their finest bucket level.
+        let finest = area_cells(&alert.target, h3o::Resolution::Nine, self.geo.max_cover_cells)?.len();
+        let mut cells: Vec<h3o::CellIndex> = area_cells(&alert.target, self.geo.territory_resolution, finest.max(1))?
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect();
+        cells.sort_unstable();
         let shards = self.shards.shards_of(&cells);
         Ok(shards
             .iter()
@@ -95,8 +102,7 @@ mod tests {
     fn one_record_per_shard_touched_each_with_the_whole_cover() {
         let s = Spatial::new(GeoConfig::default(), 16);
         // 150 km spans several resolution-3 territories.
-        let geo = GeoConfig { precision: h3o::Resolution::Six, ..GeoConfig::default() };
-        let s_wide = Spatial::new(geo, 16);
+        let s_wide = Spatial::new(GeoConfig::default(), 16);
         let recs = s_wide.index(alert(150_000.0)).expect("indexed");
         assert!(recs.len() > 1);
         let shards: Vec<u32> = recs.iter().map(|r| r.shard).collect();
@@ -108,6 +114,7 @@ mod tests {
     #[test]
     fn oversized_cover_is_rejected_not_truncated() {
         let geo = GeoConfig { max_cover_cells: 100, ..GeoConfig::default() };
+        // 100 resolution-9 cells is about 10 km²; a 5 km circle is 78 km².
         let mut s = Spatial::new(geo, 4);
         let mut out = Vec::new();
         let err = s.process(alert(5_000.0), &StageCtx::at(Timestamp(0)), &mut out).expect_err("too large");

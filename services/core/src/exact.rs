@@ -1,0 +1,243 @@
+//! Exact geometry for the refine step of matching: does a disc (a subscriber's stored place,
+//! grown by its cell's uncertainty) or an H3 cell's hexagon intersect an alert's target
+//! area? Distances are computed in a local equirectangular projection around the point of
+//! interest, which is accurate to well under 0.5% at the scales alerts have (tens of km);
+//! every comparison carries a margin that absorbs that error on the side of notifying, so
+//! a subscriber inside the area is never missed.
+
+use h3o::CellIndex;
+
+use crate::cells::{centroid, circumradius_m};
+use crate::geo::{Area, EARTH_RADIUS_M, LatLng};
+
+/// Meters per degree of latitude on the mean sphere.
+const M_PER_DEG: f64 = EARTH_RADIUS_M * std::f64::consts::PI / 180.0;
+/// Relative margin covering the projection error.
+const REL_MARGIN: f64 = 0.005;
+/// Absolute margin in meters.
+const ABS_MARGIN: f64 = 1.0;
+
+/// A local planar frame (meters) around an origin.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    lat0: f64,
+    lng0: f64,
+    cos0: f64,
+}
+
+impl Frame {
+    fn at(p: LatLng) -> Self {
+        Self { lat0: p.lat(), lng0: p.lng(), cos0: p.lat().to_radians().cos().max(1e-6) }
+    }
+
+    /// Projects (lng, lat) degrees; longitudes are unwrapped around the origin so that
+    /// shapes crossing the antimeridian stay contiguous.
+    fn xy(&self, lng: f64, lat: f64) -> (f64, f64) {
+        let dlng = (lng - self.lng0 + 540.0).rem_euclid(360.0) - 180.0;
+        (dlng * self.cos0 * M_PER_DEG, (lat - self.lat0) * M_PER_DEG)
+    }
+}
+
+type Ring = Vec<(f64, f64)>;
+
+fn project_polygon(f: &Frame, p: &geo::Polygon<f64>) -> Vec<Ring> {
+    std::iter::once(p.exterior()).chain(p.interiors()).map(|r| r.0.iter().map(|c| f.xy(c.x, c.y)).collect()).collect()
+}
+
+fn point_in_ring(x: f64, y: f64, ring: &[(f64, f64)]) -> bool {
+    let mut inside = false;
+    let n = ring.len();
+    for i in 0..n {
+        let (xi, yi) = ring[i];
+        let (xj, yj) = ring[(i + n - 1) % n];
+        if (yi > y) != (yj > y) && x < (xj - xi) * (y - yi) / (yj - yi) + xi {
+            inside = !inside;
+        }
+    }
+    inside
+}
+
+/// Inside the exterior and outside every hole.
+fn point_in_polygon(x: f64, y: f64, rings: &[Ring]) -> bool {
+    match rings.split_first() {
+        Some((ext, holes)) => point_in_ring(x, y, ext) && !holes.iter().any(|h| point_in_ring(x, y, h)),
+        None => false,
+    }
+}
+
+fn seg_dist(px: f64, py: f64, (ax, ay): (f64, f64), (bx, by): (f64, f64)) -> f64 {
+    let (dx, dy) = (bx - ax, by - ay);
+    let len2 = dx * dx + dy * dy;
+    let t = if len2 == 0.0 { 0.0 } else { (((px - ax) * dx + (py - ay) * dy) / len2).clamp(0.0, 1.0) };
+    let (cx, cy) = (ax + t * dx, ay + t * dy);
+    ((px - cx).powi(2) + (py - cy).powi(2)).sqrt()
+}
+
+fn dist_to_rings(x: f64, y: f64, rings: &[Ring]) -> f64 {
+    let mut best = f64::INFINITY;
+    for r in rings {
+        let n = r.len();
+        for i in 0..n {
+            best = best.min(seg_dist(x, y, r[i], r[(i + 1) % n]));
+        }
+    }
+    best
+}
+
+fn segments_cross(a: (f64, f64), b: (f64, f64), c: (f64, f64), d: (f64, f64)) -> bool {
+    let orient = |p: (f64, f64), q: (f64, f64), r: (f64, f64)| (q.0 - p.0) * (r.1 - p.1) - (q.1 - p.1) * (r.0 - p.0);
+    let (d1, d2, d3, d4) = (orient(c, d, a), orient(c, d, b), orient(a, b, c), orient(a, b, d));
+    ((d1 > 0.0) != (d2 > 0.0)) && ((d3 > 0.0) != (d4 > 0.0))
+}
+
+/// Whether polygon `a` and polygon `b` (projected rings) share any point.
+fn polygons_intersect(a: &[Ring], b: &[Ring]) -> bool {
+    let any_vertex_in =
+        |from: &[Ring], into: &[Ring]| from.iter().flatten().any(|&(x, y)| point_in_polygon(x, y, into));
+    if any_vertex_in(a, b) || any_vertex_in(b, a) {
+        return true;
+    }
+    for ra in a {
+        for i in 0..ra.len() {
+            let (p, q) = (ra[i], ra[(i + 1) % ra.len()]);
+            for rb in b {
+                for j in 0..rb.len() {
+                    if segments_cross(p, q, rb[j], rb[(j + 1) % rb.len()]) {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+    false
+}
+
+fn within(d: f64, limit: f64) -> bool {
+    d <= limit * (1.0 + REL_MARGIN) + ABS_MARGIN
+}
+
+/// Whether the disc of `radius_m` around `center` intersects `area`.
+pub fn disc_intersects(area: &Area, center: LatLng, radius_m: f64) -> bool {
+    match area {
+        Area::Point(p) => within(center.distance_m(*p), radius_m),
+        Area::Circle { center: c, radius_m: r } => within(center.distance_m(*c), radius_m + r),
+        Area::CellDisc { cell, radius_m: r } => {
+            within(center.distance_m(centroid(*cell)), radius_m + r + circumradius_m(*cell))
+        }
+        Area::Polygon(p) => disc_intersects_polygon(p, center, radius_m),
+        Area::MultiPolygon(m) => m.0.iter().any(|p| disc_intersects_polygon(p, center, radius_m)),
+        Area::Cells(cells) => {
+            cells.iter().any(|c| within(center.distance_m(centroid(*c)), radius_m + circumradius_m(*c)))
+        }
+    }
+}
+
+fn disc_intersects_polygon(p: &geo::Polygon<f64>, center: LatLng, radius_m: f64) -> bool {
+    let f = Frame::at(center);
+    let rings = project_polygon(&f, p);
+    point_in_polygon(0.0, 0.0, &rings) || within(dist_to_rings(0.0, 0.0, &rings), radius_m)
+}
+
+fn hexagon(f: &Frame, cell: CellIndex) -> Vec<Ring> {
+    vec![cell.boundary().iter().map(|v| f.xy(v.lng(), v.lat())).collect()]
+}
+
+/// Whether the hexagon (or pentagon) of `cell` intersects `area`.
+pub fn cell_intersects(area: &Area, cell: CellIndex) -> bool {
+    let c = centroid(cell);
+    match area {
+        Area::Point(_) | Area::Circle { .. } | Area::CellDisc { .. } | Area::Cells(_) => {
+            let (center, r) = match area {
+                Area::Point(p) => (*p, 0.0),
+                Area::Circle { center, radius_m } => (*center, *radius_m),
+                Area::CellDisc { cell: dc, radius_m } => (centroid(*dc), radius_m + circumradius_m(*dc)),
+                Area::Cells(cells) => {
+                    return cells.iter().any(|other| {
+                        let f = Frame::at(c);
+                        polygons_intersect(&hexagon(&f, cell), &hexagon(&f, *other))
+                    });
+                }
+                _ => unreachable!("matched above"),
+            };
+            let f = Frame::at(center);
+            let hex = hexagon(&f, cell);
+            point_in_polygon(0.0, 0.0, &hex) || within(dist_to_rings(0.0, 0.0, &hex), r)
+        }
+        Area::Polygon(p) => {
+            let f = Frame::at(c);
+            polygons_intersect(&hexagon(&f, cell), &project_polygon(&f, p))
+        }
+        Area::MultiPolygon(m) => {
+            let f = Frame::at(c);
+            let hex = hexagon(&f, cell);
+            m.0.iter().any(|p| polygons_intersect(&hex, &project_polygon(&f, p)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ll(lat: f64, lng: f64) -> LatLng {
+        LatLng::new(lat, lng).expect("valid")
+    }
+
+    fn square(lat: f64, lng: f64, half_deg: f64) -> Area {
+        let ring = geo::LineString::from(vec![
+            (lng - half_deg, lat - half_deg),
+            (lng + half_deg, lat - half_deg),
+            (lng + half_deg, lat + half_deg),
+            (lng - half_deg, lat + half_deg),
+        ]);
+        Area::Polygon(geo::Polygon::new(ring, vec![]))
+    }
+
+    #[test]
+    fn disc_against_circle_uses_great_circle_distance() {
+        let a = Area::circle(ll(40.0, -75.0), 1_000.0).expect("valid");
+        let near = ll(40.0, -75.0).destination(90.0, 1_450.0);
+        let far = ll(40.0, -75.0).destination(90.0, 1_600.0);
+        assert!(disc_intersects(&a, near, 500.0));
+        assert!(!disc_intersects(&a, far, 500.0));
+    }
+
+    #[test]
+    fn disc_against_polygon_inside_edge_and_outside() {
+        let sq = square(40.0, -75.0, 0.01); // about 1.7 km by 2.2 km
+        assert!(disc_intersects(&sq, ll(40.0, -75.0), 0.0), "inside");
+        let east_edge = ll(40.0, -75.0 + 0.01);
+        assert!(disc_intersects(&sq, east_edge.destination(90.0, 90.0), 100.0), "within radius of the edge");
+        assert!(!disc_intersects(&sq, east_edge.destination(90.0, 150.0), 100.0), "beyond radius");
+    }
+
+    #[test]
+    fn polygon_hole_is_not_inside() {
+        let outer = geo::LineString::from(vec![(-75.02, 39.98), (-74.98, 39.98), (-74.98, 40.02), (-75.02, 40.02)]);
+        let hole =
+            geo::LineString::from(vec![(-75.005, 39.995), (-74.995, 39.995), (-74.995, 40.005), (-75.005, 40.005)]);
+        let a = Area::Polygon(geo::Polygon::new(outer, vec![hole]));
+        assert!(!disc_intersects(&a, ll(40.0, -75.0), 10.0), "in the hole, away from its edge");
+        assert!(disc_intersects(&a, ll(40.0, -75.0), 500.0), "reaches the hole's edge");
+    }
+
+    #[test]
+    fn shapes_across_the_antimeridian_work() {
+        let ring =
+            geo::LineString::from(vec![(179.99, -17.01), (-179.99, -17.01), (-179.99, -16.99), (179.99, -16.99)]);
+        let a = Area::Polygon(geo::Polygon::new(ring, vec![]));
+        assert!(disc_intersects(&a, ll(-17.0, 180.0), 0.0));
+        assert!(disc_intersects(&a, ll(-17.0, -179.995), 0.0));
+        assert!(!disc_intersects(&a, ll(-17.0, 179.9), 100.0));
+    }
+
+    #[test]
+    fn cell_hexagon_against_areas() {
+        let p = ll(40.0, -75.0);
+        let cell = p.cell(h3o::Resolution::Nine);
+        assert!(cell_intersects(&Area::circle(p, 10.0).expect("valid"), cell));
+        assert!(!cell_intersects(&Area::circle(p.destination(0.0, 2_000.0), 500.0).expect("valid"), cell));
+        assert!(cell_intersects(&square(40.0, -75.0, 0.01), cell));
+        assert!(!cell_intersects(&square(41.0, -75.0, 0.01), cell));
+    }
+}

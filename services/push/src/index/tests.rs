@@ -1,0 +1,207 @@
+//! The index against a brute-force geometric oracle (great-circle distances, exact
+//! point-in-polygon, densified boundaries): never miss, bounded overshoot, exactly once
+//! across shards, and equal to a scan of every subscription.
+
+use std::collections::BTreeSet;
+
+use geo::Contains as _;
+use h3o::Resolution;
+use hexcast_core::cells::ShardMap;
+use hexcast_core::{Area, Category, EventKind, Severity, Urgency};
+use proptest::prelude::*;
+
+use super::*;
+
+const PRECISION: Resolution = Resolution::Eleven;
+/// The WEA bound: 0.1 mile.
+const MAX_OVERSHOOT_M: f64 = 161.0;
+
+fn alert(target: Area) -> Alert {
+    Alert {
+        alert_id: "a@1".into(),
+        incident_id: "a".into(),
+        kind: EventKind::New,
+        category: Category::parse("crime.robbery").expect("known"),
+        severity: Severity::Severe,
+        urgency: Urgency::Immediate,
+        headline: String::new(),
+        coarse_cell: LatLng::new(1.0, 1.0).expect("valid").cell(Resolution::Five),
+        target,
+        occurred_at: Timestamp(0),
+        issued_at: Timestamp(0),
+        expires_at: None,
+        required_attributes: vec![],
+        rule: String::new(),
+        published_at: None,
+    }
+}
+
+fn sub(id: usize, p: LatLng, radius_m: f64) -> Subscription {
+    Subscription {
+        tenant: "t".into(),
+        subscriber_id: id.to_string(),
+        places: vec![Place::Disc { cell: p.cell(PRECISION), radius_m: radius_m as f32 }],
+        filter: SubscriptionFilter::default(),
+        shards: vec![],
+        updated_at: Timestamp(0),
+    }
+}
+
+/// Oracle: great-circle distance from a point to an area (0 inside).
+fn true_distance(area: &Area, p: LatLng) -> f64 {
+    match area {
+        Area::Circle { center, radius_m } => (p.distance_m(*center) - radius_m).max(0.0),
+        Area::Polygon(poly) => {
+            // Unwrap longitudes around the point so that rings across the antimeridian stay
+            // contiguous for the planar point-in-polygon test and the densified boundary.
+            let unwrap = |lng: f64| p.lng() + (lng - p.lng() + 540.0).rem_euclid(360.0) - 180.0;
+            let mut ring: Vec<(f64, f64)> = poly.exterior().0.iter().map(|c| (unwrap(c.x), c.y)).collect();
+            if ring.first() != ring.last() {
+                ring.push(ring[0]);
+            }
+            let local = geo::Polygon::new(geo::LineString::from(ring.clone()), vec![]);
+            if local.contains(&geo::Point::new(p.lng(), p.lat())) {
+                return 0.0;
+            }
+            let mut best = f64::INFINITY;
+            for w in ring.windows(2) {
+                for i in 0..=200 {
+                    let t = i as f64 / 200.0;
+                    let lng = (w[0].0 + t * (w[1].0 - w[0].0) + 540.0).rem_euclid(360.0) - 180.0;
+                    let q = LatLng::new(w[0].1 + t * (w[1].1 - w[0].1), lng).expect("valid");
+                    best = best.min(p.distance_m(q));
+                }
+            }
+            best
+        }
+        _ => unreachable!("oracle covers the generated shapes"),
+    }
+}
+
+fn polygon(center: LatLng, radii: &[f64]) -> Area {
+    let n = radii.len();
+    let ring: Vec<(f64, f64)> = radii
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let q = center.destination(360.0 * i as f64 / n as f64, *r);
+            (q.lng(), q.lat())
+        })
+        .collect();
+    Area::Polygon(geo::Polygon::new(geo::LineString::from(ring), vec![]))
+}
+
+/// Regions: a dense city, a sparse area, the antimeridian, near the north pole.
+const REGIONS: [(f64, f64); 4] = [(37.77, -122.42), (44.0, -103.0), (-17.0, 179.99), (84.0, 30.0)];
+
+/// (region, subscribers as (bearing, distance, radius), alert radius, polygon alert?, polygon radii)
+type Scenario = (usize, Vec<(f64, f64, f64)>, f64, bool, Vec<f64>);
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    (
+        0..REGIONS.len(),
+        proptest::collection::vec((0.0f64..360.0, 0.0f64..12_000.0, prop_oneof![Just(0.0), 50.0f64..3_000.0]), 1..80),
+        100.0f64..10_000.0,
+        any::<bool>(),
+        proptest::collection::vec(500.0f64..8_000.0, 5..9),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn index_never_misses_overshoots_at_most_161_m_and_matches_once((region, subs, radius, is_polygon, radii) in scenario()) {
+        let center = LatLng::new(REGIONS[region].0, REGIONS[region].1).expect("valid");
+        let shard_map = ShardMap { territory_res: Resolution::Four, shards: 5 };
+        let index = SubscriberIndex::new(shard_map);
+        let truth: Vec<(LatLng, f64)> = subs.iter().map(|(b, d, r)| (center.destination(*b, *d), *r)).collect();
+        for (i, (p, r)) in truth.iter().enumerate() {
+            index.upsert(sub(i, *p, *r));
+        }
+        let target = if is_polygon { polygon(center, &radii) } else { Area::circle(center, radius).expect("valid") };
+        let a = alert(target.clone());
+        let alert_shards = shard_map.shards_of(&area_cells(&target, shard_map.territory_res, 1_000_000).expect("cover").into_iter().map(|(c, _)| c).collect::<Vec<_>>());
+        let mut got = Vec::new();
+        for &s in &alert_shards {
+            got.extend(index.matches(&a, s, &alert_shards).expect("match").into_iter().map(|m| m.subscriber_id.parse::<usize>().expect("id")));
+        }
+        let unique: BTreeSet<usize> = got.iter().copied().collect();
+        prop_assert_eq!(unique.len(), got.len(), "a subscriber was notified twice");
+        for (i, (p, r)) in truth.iter().enumerate() {
+            let d = true_distance(&target, *p);
+            if d <= *r {
+                prop_assert!(unique.contains(&i), "missed subscriber {} at distance {} with radius {}", i, d, r);
+            }
+            if unique.contains(&i) {
+                prop_assert!(d <= r + MAX_OVERSHOOT_M, "subscriber {} notified {} m beyond its area", i, d - r);
+            }
+        }
+        // The candidates found through the buckets equal a scan of every subscription.
+        let scan: BTreeSet<usize> = truth.iter().enumerate()
+            .filter(|(i, _)| index.get(&format!("t/{i}")).is_some_and(|s| s.places.iter().any(|pl| place_meets(pl, &a))))
+            .map(|(i, _)| i).collect();
+        prop_assert_eq!(unique, scan);
+    }
+
+    #[test]
+    fn interleaved_upserts_and_deletes_never_match_a_deleted_or_miss_a_current(ops in proptest::collection::vec((0usize..30, any::<bool>(), 0.0f64..360.0, 0.0f64..3_000.0), 1..120)) {
+        let center = LatLng::new(40.0, -75.0).expect("valid");
+        let shard_map = ShardMap { territory_res: Resolution::Three, shards: 1 };
+        let index = SubscriberIndex::new(shard_map);
+        let a = alert(Area::circle(center, 1_500.0).expect("valid"));
+        let mut current: std::collections::BTreeMap<usize, LatLng> = Default::default();
+        for (id, delete, bearing, dist) in ops {
+            if delete {
+                prop_assert_eq!(index.remove(&format!("t/{id}")), current.remove(&id).is_some());
+            } else {
+                let p = center.destination(bearing, dist);
+                index.upsert(sub(id, p, 0.0));
+                current.insert(id, p);
+            }
+            let got: BTreeSet<usize> = index.matches(&a, 0, &[0]).expect("match").into_iter().map(|m| m.subscriber_id.parse().expect("id")).collect();
+            for id in &got {
+                prop_assert!(current.contains_key(id), "deleted subscriber {} matched", id);
+            }
+            for (id, p) in &current {
+                if p.distance_m(center) <= 1_500.0 {
+                    prop_assert!(got.contains(id), "current subscriber {} missed", id);
+                }
+            }
+        }
+        prop_assert_eq!(index.len(), current.len());
+    }
+}
+
+#[test]
+fn polygon_subscriptions_as_cells_match_alerts_that_touch_them() {
+    let center = LatLng::new(47.6, -122.33).expect("valid");
+    let shard_map = ShardMap { territory_res: Resolution::Three, shards: 1 };
+    let index = SubscriberIndex::new(shard_map);
+    let hood = polygon(center, &[800.0, 900.0, 700.0, 850.0, 750.0]);
+    let cells: Vec<CellIndex> =
+        area_cells(&hood, Resolution::Ten, 100_000).expect("cover").into_iter().map(|(c, _)| c).collect();
+    index.upsert(Subscription {
+        tenant: "t".into(),
+        subscriber_id: "hood".into(),
+        places: vec![Place::Cells(cells)],
+        filter: SubscriptionFilter::default(),
+        shards: vec![],
+        updated_at: Timestamp(0),
+    });
+    let near = alert(Area::circle(center.destination(90.0, 1_000.0), 300.0).expect("valid"));
+    let far = alert(Area::circle(center.destination(90.0, 2_000.0), 300.0).expect("valid"));
+    assert_eq!(index.matches(&near, 0, &[0]).expect("match").len(), 1);
+    assert!(index.matches(&far, 0, &[0]).expect("match").is_empty());
+}
+
+#[test]
+fn filters_are_applied() {
+    let center = LatLng::new(40.0, -75.0).expect("valid");
+    let index = SubscriberIndex::new(ShardMap { territory_res: Resolution::Three, shards: 1 });
+    let mut s = sub(1, center, 0.0);
+    s.filter.categories = vec!["fire".into()];
+    index.upsert(s);
+    let a = alert(Area::circle(center, 500.0).expect("valid"));
+    assert!(index.matches(&a, 0, &[0]).expect("match").is_empty());
+}
