@@ -30,6 +30,7 @@ pub const CATEGORIES: &[(&str, &str)] = &[
     ("fire.vehicle", "vehicle fire"),
     ("fire.wildland", "brush, grass or wildland fire"),
     ("fire.alarm", "fire alarm, no confirmed fire"),
+    ("fire.rescue", "technical, water, elevator or confined-space rescue"),
     ("fire.other", "other fire department call"),
     ("hazard.explosion", "explosion"),
     ("hazard.gas_leak", "gas leak or odor"),

@@ -61,6 +61,9 @@ pub struct Config {
     /// H3 resolutions.
     #[serde(default)]
     pub geo: GeoConfig,
+    /// Ingest.
+    #[serde(default)]
+    pub ingest: hexcast_ingest::IngestConfig,
     /// Dedup.
     #[serde(default)]
     pub dedup: DedupConfig,
@@ -92,6 +95,7 @@ impl Config {
             topics: TopicsConfig::default(),
             metrics: MetricsConfig::default(),
             geo: GeoConfig::default(),
+            ingest: hexcast_ingest::IngestConfig::default(),
             dedup: DedupConfig::default(),
             policy: PolicySection::default(),
             push: PushConfig::default(),

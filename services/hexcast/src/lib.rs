@@ -1,9 +1,13 @@
 //! The hexcast binary's library half: configuration, `--target` wiring and the demo, so
 //! that the end-to-end tests start exactly what the binary starts.
 
+pub mod bench;
 pub mod config;
 pub mod demo;
+pub mod geojson;
 pub mod health;
+pub mod normalize;
+pub mod offline;
 pub mod targets;
 
 pub use config::Config;

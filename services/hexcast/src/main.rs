@@ -37,6 +37,23 @@ enum Command {
     /// Run the whole pipeline in one process on an embedded broker, with synthetic
     /// subscribers and incidents, and print a summary.
     Demo(hexcast::demo::DemoArgs),
+    /// Normalize feed files offline and print canonical Incident JSON lines.
+    Normalize(hexcast::normalize::NormalizeArgs),
+    /// Print the H3 cells covering an area (every cell that touches it).
+    Cover(hexcast::offline::CoverArgs),
+    /// Match subscriptions against alerts offline, with the service's index and rules.
+    Match(hexcast::offline::MatchArgs),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The matcher on a realistic population, with baselines; prints JSON.
+    Match(hexcast::bench::MatchBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,6 +144,17 @@ fn main() -> ExitCode {
                 init_logs(cfg.log.format, cfg.log.filter.as_deref(), "info");
                 hexcast::create_topics(&cfg).await
             }
+            Command::Cover(args) => hexcast::offline::cover_cmd(args),
+            Command::Normalize(args) => hexcast::normalize::run(args),
+            Command::Bench { command: BenchCommand::Match(args) } => {
+                let result = hexcast::bench::run_match(&args)?;
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("{result}");
+                }
+                Ok(())
+            }
+            Command::Match(args) => hexcast::offline::match_cmd(args),
             Command::Demo(args) => {
                 init_logs(LogFormat::Text, None, "warn");
                 hexcast::demo::run(args).await

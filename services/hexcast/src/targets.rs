@@ -153,13 +153,17 @@ pub async fn start(
         None => PolicyConfig::seed(),
     };
     let shards = cfg.topics.shards.get();
+    let ingest = Ingest::new(&cfg.ingest).context("config section [ingest]")?;
     let mut stages = Vec::new();
     let mut push = None;
     for &target in targets {
         let s = shutdown.child_token();
         let none = FaultInjection::default();
         let handle = match target {
-            Target::Ingest => spawn_stage(rt, Topic::Raw, || Ingest, s, none)?,
+            Target::Ingest => {
+                let i = ingest.clone();
+                spawn_stage(rt, Topic::Raw, move || i.clone(), s, none)?
+            }
             Target::Dedup => {
                 let c = cfg.dedup.clone();
                 spawn_stage(rt, Topic::Normalized, move || Dedup::new(c.clone()), s, none)?

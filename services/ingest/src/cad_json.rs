@@ -138,7 +138,7 @@ mod tests {
     fn run(payload: &str) -> Result<Vec<Incident>, String> {
         let mut out = Vec::new();
         let raw = RawIncident { format: "cad-json".into(), source: None, payload: payload.as_bytes().to_vec() };
-        Ingest.process(raw, &StageCtx::at(NOW), &mut out).map_err(|e| e.reason_code().to_owned())?;
+        Ingest::default().process(raw, &StageCtx::at(NOW), &mut out).map_err(|e| e.reason_code().to_owned())?;
         Ok(out)
     }
 
@@ -190,13 +190,13 @@ mod tests {
         let mut out = Vec::new();
         let raw = RawIncident { format: "fax".into(), source: None, payload: b"{}".to_vec() };
         assert_eq!(
-            Ingest.process(raw, &StageCtx::at(NOW), &mut out).expect_err("format").reason_code(),
+            Ingest::default().process(raw, &StageCtx::at(NOW), &mut out).expect_err("format").reason_code(),
             "unknown_format"
         );
         let raw =
             RawIncident { format: "cad-json".into(), source: None, payload: vec![b' '; crate::MAX_PAYLOAD_BYTES + 1] };
         assert_eq!(
-            Ingest.process(raw, &StageCtx::at(NOW), &mut out).expect_err("size").reason_code(),
+            Ingest::default().process(raw, &StageCtx::at(NOW), &mut out).expect_err("size").reason_code(),
             "oversized_payload"
         );
     }

@@ -102,7 +102,7 @@ fn buckets(place: &Place) -> Vec<(usize, CellIndex, bool)> {
 }
 
 /// Whether a place meets the alert's area (exact, with the notify-side margin).
-fn place_meets(place: &Place, alert: &Alert) -> bool {
+pub fn place_meets(place: &Place, alert: &Alert) -> bool {
     match place {
         Place::Disc { cell, radius_m } => {
             disc_intersects(&alert.target, centroid(*cell), f64::from(*radius_m) + circumradius_m(*cell))

@@ -63,54 +63,9 @@ impl std::fmt::Debug for PushState {
 }
 
 impl PushState {
-    /// Turns an API subscription into the stored form: areas become cells at the configured
-    /// precision, and the raw geometry is dropped here.
+    /// Turns an API subscription into the stored form (see [`stored_subscription`]).
     pub fn to_stored(&self, tenant: &str, api: pb::Subscription, now: Timestamp) -> Result<Subscription, PushError> {
-        let id = api.subscriber_id.trim().to_owned();
-        if id.is_empty() || id.len() > MAX_SUBSCRIBER_ID_LEN || id.contains('/') {
-            return Err(PushError::invalid(
-                "subscription.subscriber_id",
-                format!("must be 1..={MAX_SUBSCRIBER_ID_LEN} characters without '/'"),
-            ));
-        }
-        if api.areas.is_empty() {
-            return Err(PushError::invalid("subscription.areas", "at least one area is required"));
-        }
-        let mut places = Vec::with_capacity(api.areas.len());
-        let mut budget = self.max_cells_per_subscription;
-        for (i, a) in api.areas.iter().enumerate() {
-            let field = || format!("subscription.areas[{i}]");
-            let area = Area::try_from(a).map_err(|e| PushError::invalid(field(), e))?;
-            // Raw coordinates stop here: a center becomes its cell, a polygon its cells.
-            places.push(match area {
-                Area::Point(p) => Place::Disc { cell: p.cell(self.geo.precision), radius_m: 0.0 },
-                Area::Circle { center, radius_m } => {
-                    Place::Disc { cell: center.cell(self.geo.precision), radius_m: radius_m as f32 }
-                }
-                Area::CellDisc { cell, radius_m } => Place::Disc { cell, radius_m: radius_m as f32 },
-                Area::Polygon(_) | Area::MultiPolygon(_) | Area::Cells(_) => {
-                    let cells =
-                        cover(&area, self.geo.polygon_precision, budget).map_err(|e| PushError::invalid(field(), e))?;
-                    budget = budget.saturating_sub(cells.len());
-                    Place::Cells(cells)
-                }
-            });
-        }
-        let filter = api.filter.unwrap_or_default();
-        for (i, p) in filter.categories.iter().enumerate() {
-            validate_prefix(p).map_err(|e| PushError::invalid(format!("subscription.filter.categories[{i}]"), e))?;
-        }
-        let min_severity = Severity::try_from(filter.min_severity)
-            .map_err(|_| PushError::invalid("subscription.filter.min_severity", "unknown severity"))?;
-        let (_, shards) = crate::index::shards_of(&places, &self.shards);
-        Ok(Subscription {
-            tenant: tenant.to_owned(),
-            subscriber_id: id,
-            shards,
-            places,
-            filter: SubscriptionFilter { categories: filter.categories, min_severity, attributes: filter.attributes },
-            updated_at: now,
-        })
+        stored_subscription(&self.geo, &self.shards, self.max_cells_per_subscription, tenant, api, now)
     }
 
     /// Queues the records that store `sub` (one per shard) and tombstones the shards it
@@ -146,6 +101,63 @@ async fn await_all(futures: Vec<rdkafka::producer::DeliveryFuture>) -> Result<()
 
 fn now(rt: &Runtime) -> Timestamp {
     (rt.clock)()
+}
+
+/// Turns an API subscription into the stored form: a point or circle becomes a disc around
+/// its center's cell at `geo.precision`, a polygon its cells at `geo.polygon_precision`.
+/// The raw geometry is dropped here and never reaches Kafka.
+pub fn stored_subscription(
+    geo: &GeoConfig,
+    shard_map: &ShardMap,
+    max_cells: usize,
+    tenant: &str,
+    api: pb::Subscription,
+    now: Timestamp,
+) -> Result<Subscription, PushError> {
+    let id = api.subscriber_id.trim().to_owned();
+    if id.is_empty() || id.len() > MAX_SUBSCRIBER_ID_LEN || id.contains('/') {
+        return Err(PushError::invalid(
+            "subscription.subscriber_id",
+            format!("must be 1..={MAX_SUBSCRIBER_ID_LEN} characters without '/'"),
+        ));
+    }
+    if api.areas.is_empty() {
+        return Err(PushError::invalid("subscription.areas", "at least one area is required"));
+    }
+    let mut places = Vec::with_capacity(api.areas.len());
+    let mut budget = max_cells;
+    for (i, a) in api.areas.iter().enumerate() {
+        let field = || format!("subscription.areas[{i}]");
+        let area = Area::try_from(a).map_err(|e| PushError::invalid(field(), e))?;
+        // Raw coordinates stop here: a center becomes its cell, a polygon its cells.
+        places.push(match area {
+            Area::Point(p) => Place::Disc { cell: p.cell(geo.precision), radius_m: 0.0 },
+            Area::Circle { center, radius_m } => {
+                Place::Disc { cell: center.cell(geo.precision), radius_m: radius_m as f32 }
+            }
+            Area::CellDisc { cell, radius_m } => Place::Disc { cell, radius_m: radius_m as f32 },
+            Area::Polygon(_) | Area::MultiPolygon(_) | Area::Cells(_) => {
+                let cells = cover(&area, geo.polygon_precision, budget).map_err(|e| PushError::invalid(field(), e))?;
+                budget = budget.saturating_sub(cells.len());
+                Place::Cells(cells)
+            }
+        });
+    }
+    let filter = api.filter.unwrap_or_default();
+    for (i, p) in filter.categories.iter().enumerate() {
+        validate_prefix(p).map_err(|e| PushError::invalid(format!("subscription.filter.categories[{i}]"), e))?;
+    }
+    let min_severity = Severity::try_from(filter.min_severity)
+        .map_err(|_| PushError::invalid("subscription.filter.min_severity", "unknown severity"))?;
+    let (_, shards) = crate::index::shards_of(&places, shard_map);
+    Ok(Subscription {
+        tenant: tenant.to_owned(),
+        subscriber_id: id,
+        shards,
+        places,
+        filter: SubscriptionFilter { categories: filter.categories, min_severity, attributes: filter.attributes },
+        updated_at: now,
+    })
 }
 
 /// The Subscriptions service.

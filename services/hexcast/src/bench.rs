@@ -1,0 +1,355 @@
+//! `hexcast bench match`: the matcher benchmark on a realistic population, with its
+//! baselines measured in the same run. Subscribers cluster around the real neighborhoods
+//! in the shared GeoJSON (Seattle, San Francisco, Philadelphia, New Orleans, Detroit,
+//! Dallas, New York): 70% home circles of 0.4-3 km, 20% neighborhood polygons, 10% several
+//! places. Prints one JSON object.
+
+#![allow(clippy::print_stdout)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use h3o::{CellIndex, Resolution};
+use hexcast_core::cells::{GeoConfig, ShardMap, area_cells, cover};
+use hexcast_core::{Alert, Area, Category, EventKind, LatLng, Place, Severity, Subscription, Timestamp, Urgency};
+use hexcast_push::SubscriberIndex;
+use hexcast_push::index::place_meets;
+use hexcast_spatial::Spatial;
+use rand::{Rng as _, SeedableRng as _};
+
+/// Arguments of `hexcast bench match`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MatchBenchArgs {
+    /// Subscribers in the main population.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub subscribers: usize,
+    /// Subscribers in the population the baselines (brute force, one hash map of
+    /// uncompacted cells) are compared on; the index is measured on it too.
+    #[arg(long, default_value_t = 100_000)]
+    pub baseline_subscribers: usize,
+    /// Alerts per query kind.
+    #[arg(long, default_value_t = 200)]
+    pub queries: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Folder of neighborhood GeoJSON files.
+    #[arg(long, default_value = "../shared/data/geofence/click_that_hood")]
+    pub geofence: PathBuf,
+}
+
+/// A city: its neighborhoods.
+pub struct City {
+    /// File stem.
+    pub name: String,
+    /// Neighborhood polygons.
+    pub hoods: Vec<geo::Polygon<f64>>,
+    /// Neighborhood centroids.
+    pub centers: Vec<LatLng>,
+}
+
+fn ring_centroid(p: &geo::Polygon<f64>) -> Option<LatLng> {
+    let pts = &p.exterior().0;
+    let n = pts.len().max(1) as f64;
+    let (x, y) = pts.iter().fold((0.0, 0.0), |(x, y), c| (x + c.x, y + c.y));
+    LatLng::new(y / n, x / n).ok()
+}
+
+/// Loads the cities.
+pub fn cities(dir: &PathBuf) -> anyhow::Result<Vec<City>> {
+    let mut out = Vec::new();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "geojson"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let text = std::fs::read_to_string(&path)?;
+        let hoods: Vec<geo::Polygon<f64>> =
+            crate::geojson::parse(&text)?.into_iter().flat_map(|s| s.polygons).collect();
+        let centers = hoods.iter().filter_map(ring_centroid).collect();
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        out.push(City { name, hoods, centers });
+    }
+    anyhow::ensure!(!out.is_empty(), "no GeoJSON in {}", dir.display());
+    Ok(out)
+}
+
+/// A realistic population of stored subscriptions.
+pub fn population(cities: &[City], n: usize, geo: &GeoConfig, seed: u64) -> anyhow::Result<Vec<Subscription>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // Each neighborhood's cells are computed once and shared by the subscribers choosing it.
+    let mut hood_cells: HashMap<(usize, usize), Vec<CellIndex>> = HashMap::new();
+    let mut subs = Vec::with_capacity(n);
+    for i in 0..n {
+        let ci = rng.random_range(0..cities.len());
+        let city = &cities[ci];
+        let near = |rng: &mut rand::rngs::StdRng| {
+            let c = city.centers[rng.random_range(0..city.centers.len())];
+            c.destination(rng.random_range(0.0..360.0), rng.random::<f64>().sqrt() * 1_500.0)
+        };
+        let roll: f64 = rng.random();
+        let places = if roll < 0.7 {
+            vec![Place::Disc { cell: near(&mut rng).cell(geo.precision), radius_m: rng.random_range(400.0..3_000.0) }]
+        } else if roll < 0.9 {
+            let hi = rng.random_range(0..city.hoods.len());
+            let cells = match hood_cells.get(&(ci, hi)) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = cover(&Area::Polygon(city.hoods[hi].clone()), geo.polygon_precision, 2_000_000)
+                        .unwrap_or_default();
+                    hood_cells.insert((ci, hi), c.clone());
+                    c
+                }
+            };
+            if cells.is_empty() {
+                vec![Place::Disc { cell: near(&mut rng).cell(geo.precision), radius_m: 0.0 }]
+            } else {
+                vec![Place::Cells(cells)]
+            }
+        } else {
+            (0..rng.random_range(2..=3))
+                .map(|_| Place::Disc {
+                    cell: near(&mut rng).cell(geo.precision),
+                    radius_m: if rng.random_bool(0.5) { 0.0 } else { rng.random_range(200.0..1_000.0) },
+                })
+                .collect()
+        };
+        subs.push(Subscription {
+            tenant: format!("tenant-{}", i % 4),
+            subscriber_id: format!("s{i}"),
+            places,
+            filter: Default::default(),
+            shards: vec![],
+            updated_at: Timestamp(0),
+        });
+    }
+    Ok(subs)
+}
+
+fn alert(id: usize, target: Area) -> anyhow::Result<Alert> {
+    Ok(Alert {
+        alert_id: format!("bench-{id}"),
+        incident_id: format!("bench-{id}"),
+        kind: EventKind::New,
+        category: Category::parse("crime.robbery")?,
+        severity: Severity::Severe,
+        urgency: Urgency::Immediate,
+        headline: String::new(),
+        coarse_cell: LatLng::new(1.0, 1.0)?.cell(Resolution::Five),
+        target,
+        occurred_at: Timestamp(0),
+        issued_at: Timestamp(0),
+        expires_at: None,
+        required_attributes: vec![],
+        rule: String::new(),
+        published_at: None,
+    })
+}
+
+struct Stats {
+    p50_us: f64,
+    p99_us: f64,
+    mean_matches: f64,
+    matches_per_sec: f64,
+}
+
+fn measure(queries: &[Alert], mut run: impl FnMut(&Alert) -> anyhow::Result<usize>) -> anyhow::Result<Stats> {
+    let mut lat = Vec::with_capacity(queries.len());
+    let mut total = 0usize;
+    let start = Instant::now();
+    for q in queries {
+        let t = Instant::now();
+        total += run(q)?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
+    Ok(Stats {
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+        mean_matches: total as f64 / queries.len().max(1) as f64,
+        matches_per_sec: total as f64 / elapsed,
+    })
+}
+
+fn stats_json(s: &Stats) -> serde_json::Value {
+    serde_json::json!({
+        "p50_us": (s.p50_us * 10.0).round() / 10.0,
+        "p99_us": (s.p99_us * 10.0).round() / 10.0,
+        "mean_matches": s.mean_matches.round(),
+        "matches_per_sec": s.matches_per_sec.round(),
+    })
+}
+
+/// Index plus the spatial stage's routing, exactly as the service matches.
+fn index_matches(index: &SubscriberIndex, spatial: &Spatial, a: &Alert) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for rec in spatial.index(a.clone())? {
+        n += index.matches(&rec.alert, rec.shard, &rec.shards)?.len();
+    }
+    Ok(n)
+}
+
+/// The simplest index: one hash map from every cell (resolution 9, uncompacted) that each
+/// place touches to the subscribers; no refinement.
+struct NaiveIndex {
+    cells: HashMap<CellIndex, Vec<u32>>,
+}
+
+impl NaiveIndex {
+    fn build(subs: &[Subscription]) -> Self {
+        let mut cells: HashMap<CellIndex, Vec<u32>> = HashMap::new();
+        for (i, s) in subs.iter().enumerate() {
+            for p in &s.places {
+                for c in cover(&Area::from(p), Resolution::Nine, 10_000_000).unwrap_or_default() {
+                    cells.entry(c).or_default().push(i as u32);
+                }
+            }
+        }
+        Self { cells }
+    }
+
+    fn matches(&self, a: &Alert) -> anyhow::Result<usize> {
+        let mut ids: Vec<u32> = Vec::new();
+        for (c, _) in area_cells(&a.target, Resolution::Nine, 10_000_000)? {
+            if let Some(v) = self.cells.get(&c) {
+                ids.extend(v);
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids.len())
+    }
+
+    fn bytes(&self) -> usize {
+        self.cells.capacity() * (8 + 24 + 1) + self.cells.values().map(|v| v.capacity() * 4).sum::<usize>()
+    }
+}
+
+fn queries(cities: &[City], n: usize, seed: u64) -> anyhow::Result<Vec<(&'static str, Vec<Alert>)>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
+    let dense = cities.iter().max_by_key(|c| c.centers.len()).context("no city")?;
+    let mut out = Vec::new();
+    for (name, r) in [("circle_400m", 400.0), ("circle_1600m", 1_600.0), ("circle_10km", 10_000.0)] {
+        let q = (0..n)
+            .map(|i| {
+                let c = dense.centers[rng.random_range(0..dense.centers.len())];
+                alert(i, Area::circle(c, r)?)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        out.push((name, q));
+    }
+    let city_wide = Area::MultiPolygon(geo::MultiPolygon(dense.hoods.clone()));
+    out.push((
+        "city_wide_polygon",
+        (0..n.clamp(1, 20)).map(|i| alert(i, city_wide.clone())).collect::<anyhow::Result<_>>()?,
+    ));
+    Ok(out)
+}
+
+/// Runs the benchmark and returns its JSON result.
+pub fn run_match(args: &MatchBenchArgs) -> anyhow::Result<serde_json::Value> {
+    let geo = GeoConfig::default();
+    let shard_map = ShardMap { territory_res: geo.territory_resolution, shards: 6 };
+    let cities = cities(&args.geofence)?;
+    eprintln!("bench: generating {} subscribers", args.subscribers);
+    let subs = population(&cities, args.subscribers, &geo, args.seed)?;
+    let spatial = Spatial::new(geo, shard_map.shards);
+    let index = SubscriberIndex::new(shard_map);
+    eprintln!("bench: building the index");
+    let t = Instant::now();
+    for s in subs.iter().cloned() {
+        index.upsert(s);
+    }
+    let build_s = t.elapsed().as_secs_f64();
+    let bytes = index.memory_bytes();
+    // Re-upserting the first 100k measures updates (remove old buckets, insert new ones).
+    let updates: Vec<Subscription> = subs.iter().take(100_000).cloned().collect();
+    let t = Instant::now();
+    let n_updates = updates.len();
+    for s in updates {
+        index.upsert(s);
+    }
+    let update_per_s = n_updates as f64 / t.elapsed().as_secs_f64();
+    let qs = queries(&cities, args.queries, args.seed)?;
+    let mut per_query = serde_json::Map::new();
+    for (name, q) in &qs {
+        eprintln!("bench: {name}");
+        let s = measure(q, |a| index_matches(&index, &spatial, a))?;
+        per_query.insert((*name).to_owned(), stats_json(&s));
+    }
+
+    // Baselines on a smaller population, with the index measured on the same one.
+    let base_subs = &subs[..args.baseline_subscribers.min(subs.len())];
+    let base_index = SubscriberIndex::new(shard_map);
+    for s in base_subs.iter().cloned() {
+        base_index.upsert(s);
+    }
+    eprintln!("bench: baselines on {} subscribers", base_subs.len());
+    let t = Instant::now();
+    let naive = NaiveIndex::build(base_subs);
+    let naive_build_s = t.elapsed().as_secs_f64();
+    let mut baselines = serde_json::Map::new();
+    for (name, q) in qs.iter().filter(|(n, _)| *n != "circle_10km") {
+        let q = &q[..q.len().min(50)];
+        let idx = measure(q, |a| index_matches(&base_index, &spatial, a))?;
+        let brute =
+            measure(q, |a| Ok(base_subs.iter().filter(|s| s.places.iter().any(|p| place_meets(p, a))).count()))?;
+        let nv = measure(q, |a| naive.matches(a))?;
+        baselines.insert(
+            (*name).to_owned(),
+            serde_json::json!({
+                "index": stats_json(&idx),
+                "brute_force": stats_json(&brute),
+                "naive_cell_map": stats_json(&nv),
+                "speedup_vs_brute_force_p50": (brute.p50_us / idx.p50_us * 10.0).round() / 10.0,
+                "speedup_vs_naive_p50": (nv.p50_us / idx.p50_us * 10.0).round() / 10.0,
+            }),
+        );
+    }
+    Ok(serde_json::json!({
+        "subscribers": args.subscribers,
+        "build_seconds": (build_s * 100.0).round() / 100.0,
+        "inserts_per_sec": (args.subscribers as f64 / build_s).round(),
+        "updates_per_sec": update_per_s.round(),
+        "index_bytes": bytes,
+        "bytes_per_subscriber": (bytes as f64 / args.subscribers.max(1) as f64).round(),
+        "queries": per_query,
+        "baselines": {
+            "subscribers": base_subs.len(),
+            "index_bytes_per_subscriber": (base_index.memory_bytes() as f64 / base_subs.len().max(1) as f64).round(),
+            "naive_cell_map_bytes_per_subscriber": (naive.bytes() as f64 / base_subs.len().max(1) as f64).round(),
+            "naive_cell_map_build_seconds": (naive_build_s * 100.0).round() / 100.0,
+            "per_query": baselines,
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn population_has_the_requested_mix() {
+        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/geofence/click_that_hood"));
+        let cities = cities(&dir).expect("cities");
+        let subs = population(&cities, 2_000, &GeoConfig::default(), 1).expect("population");
+        let polygons = subs.iter().filter(|s| matches!(s.places[0], Place::Cells(_))).count();
+        let several = subs.iter().filter(|s| s.places.len() > 1).count();
+        assert!((300..500).contains(&polygons), "{polygons}");
+        assert!((120..280).contains(&several), "{several}");
+        // Every place is stored as cells: a disc's cell is at the configured precision.
+        for s in &subs {
+            for p in &s.places {
+                if let Place::Disc { cell, .. } = p {
+                    assert_eq!(cell.resolution(), GeoConfig::default().precision);
+                }
+            }
+        }
+    }
+}
