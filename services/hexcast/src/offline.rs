@@ -40,7 +40,7 @@ fn parse_circle(s: &str) -> anyhow::Result<Area> {
         .collect::<Result<_, _>>()
         .with_context(|| format!("--circle `{s}`: expected LAT,LON,RADIUS_M"))?;
     let [lat, lng, r] = parts[..] else { anyhow::bail!("--circle `{s}`: expected LAT,LON,RADIUS_M") };
-    Ok(Area::circle(LatLng::new(lat, lng).context("--circle")?, r).context("--circle")?)
+    Area::circle(LatLng::new(lat, lng).context("--circle")?, r).context("--circle")
 }
 
 /// Prints every cell at `--res` that touches the area, one hex index per line.
