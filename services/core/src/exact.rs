@@ -175,6 +175,80 @@ pub fn cell_intersects(area: &Area, cell: CellIndex) -> bool {
     }
 }
 
+/// An alert area prepared once for many refinements: polygons projected once into a frame
+/// at the area's center, with bounding boxes to reject far candidates without touching
+/// the rings.
+#[derive(Debug)]
+pub struct PreparedArea<'a> {
+    area: &'a Area,
+    frame: Frame,
+    polygons: Vec<(Vec<Ring>, [f64; 4])>,
+}
+
+fn bbox(rings: &[Ring]) -> [f64; 4] {
+    let mut b = [f64::INFINITY, f64::INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY];
+    for &(x, y) in rings.iter().flatten() {
+        b = [b[0].min(x), b[1].min(y), b[2].max(x), b[3].max(y)];
+    }
+    b
+}
+
+impl<'a> PreparedArea<'a> {
+    /// Prepares `area`.
+    pub fn new(area: &'a Area) -> Self {
+        let polys: Vec<&geo::Polygon<f64>> = match area {
+            Area::Polygon(p) => vec![p],
+            Area::MultiPolygon(m) => m.0.iter().collect(),
+            _ => Vec::new(),
+        };
+        let origin = polys
+            .first()
+            .and_then(|p| p.exterior().0.first())
+            .and_then(|c| LatLng::new(c.y, c.x).ok())
+            .unwrap_or_else(|| LatLng::new(0.0, 1e-9).unwrap_or_else(|_| unreachable!("valid constant")));
+        let frame = Frame::at(origin);
+        let polygons = polys
+            .into_iter()
+            .map(|p| {
+                let rings = project_polygon(&frame, p);
+                let b = bbox(&rings);
+                (rings, b)
+            })
+            .collect();
+        Self { area, frame, polygons }
+    }
+
+    /// [`disc_intersects`], faster for polygons.
+    pub fn disc_intersects(&self, center: LatLng, radius_m: f64) -> bool {
+        if self.polygons.is_empty() {
+            return disc_intersects(self.area, center, radius_m);
+        }
+        let (x, y) = self.frame.xy(center.lng(), center.lat());
+        let reach = radius_m * (1.0 + REL_MARGIN) + ABS_MARGIN + 1.0;
+        self.polygons.iter().any(|(rings, b)| {
+            if x + reach < b[0] || x - reach > b[2] || y + reach < b[1] || y - reach > b[3] {
+                return false;
+            }
+            point_in_polygon(x, y, rings) || within(dist_to_rings(x, y, rings), radius_m)
+        })
+    }
+
+    /// [`cell_intersects`], faster for polygons.
+    pub fn cell_intersects(&self, cell: CellIndex) -> bool {
+        if self.polygons.is_empty() {
+            return cell_intersects(self.area, cell);
+        }
+        let hex = hexagon(&self.frame, cell);
+        let hb = bbox(&hex);
+        self.polygons.iter().any(|(rings, b)| {
+            if hb[2] < b[0] || hb[0] > b[2] || hb[3] < b[1] || hb[1] > b[3] {
+                return false;
+            }
+            polygons_intersect(&hex, rings)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +303,21 @@ mod tests {
         assert!(disc_intersects(&a, ll(-17.0, 180.0), 0.0));
         assert!(disc_intersects(&a, ll(-17.0, -179.995), 0.0));
         assert!(!disc_intersects(&a, ll(-17.0, 179.9), 100.0));
+    }
+
+    #[test]
+    fn prepared_areas_agree_with_the_plain_checks() {
+        let sq = square(40.0, -75.0, 0.02);
+        let prepared = PreparedArea::new(&sq);
+        let c = ll(40.0, -75.0);
+        for i in 0..72 {
+            for d in [0.0, 1_000.0, 1_800.0, 2_300.0, 3_000.0] {
+                let p = c.destination(i as f64 * 5.0, d);
+                assert_eq!(prepared.disc_intersects(p, 300.0), disc_intersects(&sq, p, 300.0), "{i} {d}");
+                let cell = p.cell(h3o::Resolution::Nine);
+                assert_eq!(prepared.cell_intersects(cell), cell_intersects(&sq, cell), "{i} {d}");
+            }
+        }
     }
 
     #[test]

@@ -99,8 +99,12 @@ pub fn population(cities: &[City], n: usize, geo: &GeoConfig, seed: u64) -> anyh
             let cells = match hood_cells.get(&(ci, hi)) {
                 Some(c) => c.clone(),
                 None => {
-                    let c = cover(&Area::Polygon(city.hoods[hi].clone()), geo.polygon_precision, 2_000_000)
-                        .unwrap_or_default();
+                    // Borough-sized areas (New York's) are not neighborhoods: past 5,000 cells
+                    // the subscriber gets a point instead.
+                    let c: Vec<CellIndex> =
+                        area_cells(&Area::Polygon(city.hoods[hi].clone()), geo.polygon_precision, 5_000)
+                            .map(|v| v.into_iter().map(|(c, _)| c).collect())
+                            .unwrap_or_default();
                     hood_cells.insert((ci, hi), c.clone());
                     c
                 }
@@ -254,14 +258,16 @@ fn queries(cities: &[City], n: usize, seed: u64) -> anyhow::Result<Vec<(&'static
 
 /// Runs the benchmark and returns its JSON result.
 pub fn run_match(args: &MatchBenchArgs) -> anyhow::Result<serde_json::Value> {
+    let clock = Instant::now();
+    let progress = |what: &str| eprintln!("bench [{:>7.1}s] {what}", clock.elapsed().as_secs_f64());
     let geo = GeoConfig::default();
     let shard_map = ShardMap { territory_res: geo.territory_resolution, shards: 6 };
     let cities = cities(&args.geofence)?;
-    eprintln!("bench: generating {} subscribers", args.subscribers);
+    progress(&format!("generating {} subscribers", args.subscribers));
     let subs = population(&cities, args.subscribers, &geo, args.seed)?;
     let spatial = Spatial::new(geo, shard_map.shards);
     let index = SubscriberIndex::new(shard_map);
-    eprintln!("bench: building the index");
+    progress("building the index");
     let t = Instant::now();
     for s in subs.iter().cloned() {
         index.upsert(s);
@@ -279,7 +285,7 @@ pub fn run_match(args: &MatchBenchArgs) -> anyhow::Result<serde_json::Value> {
     let qs = queries(&cities, args.queries, args.seed)?;
     let mut per_query = serde_json::Map::new();
     for (name, q) in &qs {
-        eprintln!("bench: {name}");
+        progress(name);
         let s = measure(q, |a| index_matches(&index, &spatial, a))?;
         per_query.insert((*name).to_owned(), stats_json(&s));
     }
@@ -298,8 +304,10 @@ pub fn run_match(args: &MatchBenchArgs) -> anyhow::Result<serde_json::Value> {
     for (name, q) in qs.iter().filter(|(n, _)| *n != "circle_10km") {
         let q = &q[..q.len().min(50)];
         let idx = measure(q, |a| index_matches(&base_index, &spatial, a))?;
-        let brute =
-            measure(q, |a| Ok(base_subs.iter().filter(|s| s.places.iter().any(|p| place_meets(p, a))).count()))?;
+        let brute = measure(q, |a| {
+            let prepared = hexcast_core::exact::PreparedArea::new(&a.target);
+            Ok(base_subs.iter().filter(|s| s.places.iter().any(|p| place_meets(p, &prepared))).count())
+        })?;
         let nv = measure(q, |a| naive.matches(a))?;
         baselines.insert(
             (*name).to_owned(),

@@ -20,12 +20,14 @@ use std::sync::{Arc, RwLock};
 
 use h3o::{CellIndex, Resolution};
 use hexcast_core::cells::{CoverError, ShardMap, area_cells, centroid, circumradius_m, disc_cells};
-use hexcast_core::exact::{cell_intersects, disc_intersects};
+use hexcast_core::exact::PreparedArea;
 use hexcast_core::{Alert, LatLng, Place, Subscription, SubscriptionFilter, Timestamp};
 
 /// Finest bucket level.
 pub const MAX_LEVEL: Resolution = Resolution::Nine;
 const LEVELS: usize = 10;
+/// A centroid rounded to f32 moves by at most ~1 m; grow the disc by more than that.
+const F32_SLACK_M: f64 = 2.0;
 /// The high bit of an entry marks the place's anchor bucket.
 const ANCHOR: u32 = 1 << 31;
 
@@ -43,6 +45,9 @@ struct Sub {
     tenant: u16,
     id: Arc<str>,
     places: Box<[Place]>,
+    /// Per disc place: its cell's centroid and its radius grown by the cell's
+    /// circumradius, precomputed so that refinement never recomputes cell boundaries.
+    discs: Box<[(f32, f32, f32)]>,
     filter: u32,
     home: u32,
     shards: Box<[u32]>,
@@ -86,13 +91,23 @@ fn buckets(place: &Place) -> Vec<(usize, CellIndex, bool)> {
     match place {
         Place::Disc { cell, radius_m } => disc(centroid(*cell), f64::from(*radius_m) + circumradius_m(*cell), &mut out),
         Place::Cells(cells) => {
+            let mut parents = Vec::new();
             for &c in cells {
                 if c.resolution() <= MAX_LEVEL {
                     // The cell is its own bucket: geometry identical, so "inside" holds for it.
                     out.push((usize::from(u8::from(c.resolution())), c, true));
                 } else {
-                    disc(centroid(c), circumradius_m(c), &mut out);
+                    parents.push(c.parent(MAX_LEVEL).unwrap_or(c));
                 }
+            }
+            parents.sort_unstable();
+            parents.dedup();
+            // Fine cells register under their resolution-9 parent and its ring of
+            // neighbors: H3 children stick out of their parent's hexagon by far less than a
+            // neighbor's width. Not anchors: the parent's center need not be in the place.
+            let level = usize::from(u8::from(MAX_LEVEL));
+            for p in parents {
+                out.extend(p.grid_disk_safe(1).map(|c| (level, c, false)));
             }
         }
     }
@@ -101,13 +116,13 @@ fn buckets(place: &Place) -> Vec<(usize, CellIndex, bool)> {
     out
 }
 
-/// Whether a place meets the alert's area (exact, with the notify-side margin).
-pub fn place_meets(place: &Place, alert: &Alert) -> bool {
+/// Whether a place meets the prepared alert area (exact, with the notify-side margin).
+pub fn place_meets(place: &Place, area: &PreparedArea<'_>) -> bool {
     match place {
         Place::Disc { cell, radius_m } => {
-            disc_intersects(&alert.target, centroid(*cell), f64::from(*radius_m) + circumradius_m(*cell))
+            area.disc_intersects(centroid(*cell), f64::from(*radius_m) + circumradius_m(*cell))
         }
-        Place::Cells(cells) => cells.iter().any(|c| cell_intersects(&alert.target, *c)),
+        Place::Cells(cells) => cells.iter().any(|c| area.cell_intersects(*c)),
     }
 }
 
@@ -127,10 +142,24 @@ pub fn shards_of(places: &[Place], shards: &ShardMap) -> (u32, Vec<u32>) {
         let (center, r) = match p {
             Place::Disc { cell, radius_m } => (centroid(*cell), f64::from(*radius_m) + circumradius_m(*cell)),
             Place::Cells(cells) => {
-                for &c in cells {
-                    let cc = centroid(c);
-                    home.get_or_insert_with(|| shards.shard_of(cc.cell(shards.territory_res)));
-                    if let Ok(t) = disc_cells(cc, circumradius_m(c), shards.territory_res, usize::MAX / 8) {
+                if let Some(&first) = cells.first() {
+                    home.get_or_insert_with(|| shards.shard_of(centroid(first).cell(shards.territory_res)));
+                }
+                // Group fine cells under coarse ancestors first: a neighborhood has thousands
+                // of cells but one or two ancestors. An ancestor's disc grown by half
+                // contains every descendant, however H3's children stick out of it.
+                let mut groups: Vec<CellIndex> = cells
+                    .iter()
+                    .map(
+                        |c| if c.resolution() > Resolution::Six { c.parent(Resolution::Six).unwrap_or(*c) } else { *c },
+                    )
+                    .collect();
+                groups.sort_unstable();
+                groups.dedup();
+                for g in groups {
+                    if let Ok(t) =
+                        disc_cells(centroid(g), circumradius_m(g) * 1.5, shards.territory_res, usize::MAX / 8)
+                    {
                         all.extend(t.into_iter().map(|(t, _)| shards.shard_of(t)));
                     }
                 }
@@ -251,6 +280,17 @@ impl SubscriberIndex {
         inner.subs[id as usize] = Some(Sub {
             tenant,
             id: sub.subscriber_id.as_str().into(),
+            discs: sub
+                .places
+                .iter()
+                .filter_map(|p| match p {
+                    Place::Disc { cell, radius_m } => {
+                        let c = centroid(*cell);
+                        Some((c.lat() as f32, c.lng() as f32, *radius_m + circumradius_m(*cell) as f32 + 0.5))
+                    }
+                    Place::Cells(_) => None,
+                })
+                .collect(),
             places: sub.places.into_boxed_slice(),
             filter,
             home,
@@ -292,6 +332,7 @@ impl SubscriberIndex {
         // Group the candidates by subscriber; "sure" wins over "maybe".
         candidates.sort_unstable_by_key(|&(id, sure)| (id, !sure));
         candidates.dedup_by_key(|(id, _)| *id);
+        let prepared = PreparedArea::new(&alert.target);
         let mut out = Vec::new();
         for (id, sure) in candidates {
             let Some(sub) = inner.subs[id as usize].as_ref() else { continue };
@@ -301,7 +342,13 @@ impl SubscriberIndex {
             if owner_shard(alert_shards, sub.home, &sub.shards) != Some(shard) {
                 continue;
             }
-            if sure || sub.places.iter().any(|p| place_meets(p, alert)) {
+            let meets = || {
+                sub.discs.iter().any(|&(lat, lng, r)| {
+                    LatLng::new(f64::from(lat), f64::from(lng))
+                        .is_ok_and(|c| prepared.disc_intersects(c, f64::from(r) + F32_SLACK_M))
+                }) || sub.places.iter().any(|p| matches!(p, Place::Cells(_)) && place_meets(p, &prepared))
+            };
+            if sure || meets() {
                 out.push(Match {
                     tenant: Arc::clone(&inner.tenants[usize::from(sub.tenant)]),
                     subscriber_id: Arc::clone(&sub.id),

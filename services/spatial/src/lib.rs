@@ -44,10 +44,11 @@ impl Spatial {
     pub fn index(&self, alert: Alert) -> Result<Vec<IndexedAlert>, SpatialError> {
         // Refuse what the matchers could not cover at their finest bucket level.
         let finest = area_cells(&alert.target, h3o::Resolution::Nine, self.geo.max_cover_cells)?.len();
-        let mut cells: Vec<h3o::CellIndex> = area_cells(&alert.target, self.geo.territory_resolution, finest.max(1))?
-            .into_iter()
-            .map(|(c, _)| c)
-            .collect();
+        let mut cells: Vec<h3o::CellIndex> =
+            area_cells(&alert.target, self.geo.territory_resolution, self.geo.max_cover_cells.max(finest))?
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect();
         cells.sort_unstable();
         let shards = self.shards.shards_of(&cells);
         Ok(shards
