@@ -201,12 +201,14 @@ fn index_matches(index: &SubscriberIndex, spatial: &Spatial, a: &Alert) -> anyho
 
 /// The simplest index: one hash map from every cell (resolution 9, uncompacted) that each
 /// place touches to the subscribers; no refinement.
-struct NaiveIndex {
+#[derive(Debug)]
+pub struct NaiveIndex {
     cells: HashMap<CellIndex, Vec<u32>>,
 }
 
 impl NaiveIndex {
-    fn build(subs: &[Subscription]) -> Self {
+    /// Builds it.
+    pub fn build(subs: &[Subscription]) -> Self {
         let mut cells: HashMap<CellIndex, Vec<u32>> = HashMap::new();
         for (i, s) in subs.iter().enumerate() {
             for p in &s.places {
@@ -218,7 +220,8 @@ impl NaiveIndex {
         Self { cells }
     }
 
-    fn matches(&self, a: &Alert) -> anyhow::Result<usize> {
+    /// Subscribers sharing a cell with the alert's cover.
+    pub fn matches(&self, a: &Alert) -> anyhow::Result<usize> {
         let mut ids: Vec<u32> = Vec::new();
         for (c, _) in area_cells(&a.target, Resolution::Nine, 10_000_000)? {
             if let Some(v) = self.cells.get(&c) {
@@ -230,7 +233,8 @@ impl NaiveIndex {
         Ok(ids.len())
     }
 
-    fn bytes(&self) -> usize {
+    /// Approximate bytes held.
+    pub fn bytes(&self) -> usize {
         self.cells.capacity() * (8 + 24 + 1) + self.cells.values().map(|v| v.capacity() * 4).sum::<usize>()
     }
 }
