@@ -9,7 +9,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hexcast::bench::{NaiveIndex, cities, population};
 use hexcast_core::cells::{GeoConfig, ShardMap};
 use hexcast_core::exact::PreparedArea;
-use hexcast_core::{Alert, Area, Category, EventKind, Severity, Timestamp, Urgency};
+use hexcast_core::{Alert, Area, Category};
 use hexcast_push::SubscriberIndex;
 use hexcast_push::index::place_meets;
 use hexcast_spatial::Spatial;
@@ -28,23 +28,8 @@ fn bench_matcher(c: &mut Criterion) {
     let naive = NaiveIndex::build(&subs);
     let spatial = Spatial::new(geo, shard_map.shards);
     let dense = cities.iter().max_by_key(|c| c.centers.len()).expect("a city");
-    let alert = Alert {
-        alert_id: "bench@1".into(),
-        incident_id: "bench".into(),
-        kind: EventKind::New,
-        category: Category::parse("crime.robbery").expect("known"),
-        severity: Severity::Severe,
-        urgency: Urgency::Immediate,
-        headline: String::new(),
-        coarse_cell: dense.centers[0].cell(h3o::Resolution::Eight),
-        target: Area::circle(dense.centers[0], 1_600.0).expect("valid"),
-        occurred_at: Timestamp(0),
-        issued_at: Timestamp(0),
-        expires_at: None,
-        required_attributes: vec![],
-        rule: String::new(),
-        published_at: None,
-    };
+    let target = Area::circle(dense.centers[0], 1_600.0).expect("valid");
+    let alert = Alert::synthetic("bench@1", Category::parse("crime.robbery").expect("known"), target);
     let mut group = c.benchmark_group("match_1600m_circle");
     group.throughput(Throughput::Elements(1));
     group.sample_size(20);

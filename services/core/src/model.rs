@@ -305,6 +305,34 @@ pub struct Alert {
     pub published_at: Option<Timestamp>,
 }
 
+impl Alert {
+    /// A minimal new alert for a target area: severe, immediate, public, with empty
+    /// headline and rule. For benches, tests and offline tools that only need an area.
+    pub fn synthetic(alert_id: &str, category: Category, target: Area) -> Alert {
+        let coarse_cell = crate::cells::cover(&target, h3o::Resolution::Zero, 1_000)
+            .ok()
+            .and_then(|c| c.first().copied())
+            .unwrap_or_else(|| CellIndex::base_cells().next().unwrap_or_else(|| unreachable!("122 base cells")));
+        Alert {
+            alert_id: alert_id.to_owned(),
+            incident_id: alert_id.split('@').next().unwrap_or(alert_id).to_owned(),
+            kind: EventKind::New,
+            category,
+            severity: Severity::Severe,
+            urgency: Urgency::Immediate,
+            headline: String::new(),
+            coarse_cell,
+            target,
+            occurred_at: Timestamp(0),
+            issued_at: Timestamp(0),
+            expires_at: None,
+            required_attributes: Vec::new(),
+            rule: String::new(),
+            published_at: None,
+        }
+    }
+}
+
 impl From<&Alert> for pb::Alert {
     fn from(a: &Alert) -> Self {
         let centroid = h3o::LatLng::from(a.coarse_cell);

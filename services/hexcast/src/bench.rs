@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use h3o::{CellIndex, Resolution};
 use hexcast_core::cells::{GeoConfig, ShardMap, area_cells, cover};
-use hexcast_core::{Alert, Area, Category, EventKind, LatLng, Place, Severity, Subscription, Timestamp, Urgency};
+use hexcast_core::{Alert, Area, Category, LatLng, Place, Subscription, Timestamp};
 use hexcast_push::SubscriberIndex;
 use hexcast_push::index::place_meets;
 use hexcast_spatial::Spatial;
@@ -135,23 +135,7 @@ pub fn population(cities: &[City], n: usize, geo: &GeoConfig, seed: u64) -> anyh
 }
 
 fn alert(id: usize, target: Area) -> anyhow::Result<Alert> {
-    Ok(Alert {
-        alert_id: format!("bench-{id}"),
-        incident_id: format!("bench-{id}"),
-        kind: EventKind::New,
-        category: Category::parse("crime.robbery")?,
-        severity: Severity::Severe,
-        urgency: Urgency::Immediate,
-        headline: String::new(),
-        coarse_cell: LatLng::new(1.0, 1.0)?.cell(Resolution::Five),
-        target,
-        occurred_at: Timestamp(0),
-        issued_at: Timestamp(0),
-        expires_at: None,
-        required_attributes: vec![],
-        rule: String::new(),
-        published_at: None,
-    })
+    Ok(Alert::synthetic(&format!("bench-{id}@1"), Category::parse("crime.robbery")?, target))
 }
 
 struct Stats {

@@ -4,7 +4,7 @@
 //! "severity"?,"address"?,"description"?,"names"?,"phones"?,"medical"?,"units"?}` where
 //! `occurred_at` is RFC 3339 or Unix milliseconds.
 
-use hexcast_core::{Category, Certainty, Incident, IncidentStatus, LatLng, Sensitive, Severity, Timestamp, Urgency};
+use hexcast_core::{Category, Certainty, Incident, IncidentStatus, LatLng, Sensitive, Timestamp, Urgency};
 use serde::Deserialize;
 
 use crate::{IngestError, category_for, check_time};
@@ -54,16 +54,6 @@ fn parse_time(t: &Time) -> Result<Timestamp, IngestError> {
     }
 }
 
-fn severity(s: Option<&str>) -> Severity {
-    match s.map(str::to_ascii_lowercase).as_deref() {
-        Some("minor") => Severity::Minor,
-        Some("moderate") => Severity::Moderate,
-        Some("severe") => Severity::Severe,
-        Some("extreme") => Severity::Extreme,
-        _ => Severity::Unspecified,
-    }
-}
-
 fn status(s: Option<&str>) -> IncidentStatus {
     match s.map(str::to_ascii_lowercase).as_deref() {
         Some("closed") => IncidentStatus::Closed,
@@ -96,7 +86,7 @@ pub fn parse_cad_json(payload: &[u8], source: Option<&str>, now: Timestamp) -> R
         parse_time(raw.occurred_at.as_ref().ok_or(IngestError::MissingField("occurred_at"))?)?,
         now,
     )?;
-    let sev = severity(raw.severity.as_deref());
+    let sev = crate::cap::severity(raw.severity.as_deref());
     Ok(Incident {
         id: Incident::make_id(&source, &source_id),
         source,

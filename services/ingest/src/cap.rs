@@ -20,7 +20,8 @@ fn time(field: &'static str, s: &str) -> Result<Timestamp, IngestError> {
         .map_err(|e| IngestError::InvalidTime { field, detail: format!("`{s}`: {e}") })
 }
 
-fn severity(s: Option<&str>) -> Severity {
+/// CAP severity words (also used by `cad-json`), case-insensitive.
+pub(crate) fn severity(s: Option<&str>) -> Severity {
     match s.map(str::to_ascii_lowercase).as_deref() {
         Some("minor") => Severity::Minor,
         Some("moderate") => Severity::Moderate,

@@ -76,27 +76,15 @@ impl Stage for Spatial {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hexcast_core::{Area, Category, EventKind, LatLng, Severity, Timestamp, Urgency};
+    use hexcast_core::{Area, Category, LatLng, Timestamp};
 
     fn alert(radius_m: f64) -> Alert {
         let c = LatLng::new(37.7749, -122.4194).expect("valid");
-        Alert {
-            alert_id: "a@1".into(),
-            incident_id: "a".into(),
-            kind: EventKind::New,
-            category: Category::parse("crime.robbery").expect("known"),
-            severity: Severity::Severe,
-            urgency: Urgency::Immediate,
-            headline: "Robbery reported nearby".into(),
-            coarse_cell: c.cell(h3o::Resolution::Nine),
-            target: Area::circle(c, radius_m).expect("valid"),
-            occurred_at: Timestamp(0),
-            issued_at: Timestamp(0),
-            expires_at: None,
-            required_attributes: vec![],
-            rule: "r".into(),
-            published_at: None,
-        }
+        Alert::synthetic(
+            "a@1",
+            Category::parse("crime.robbery").expect("known"),
+            Area::circle(c, radius_m).expect("valid"),
+        )
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use geo::Contains as _;
 use h3o::Resolution;
 use hexcast_core::cells::ShardMap;
-use hexcast_core::{Area, Category, EventKind, Severity, Urgency};
+use hexcast_core::{Area, Category};
 use proptest::prelude::*;
 
 use super::*;
@@ -17,23 +17,7 @@ const PRECISION: Resolution = Resolution::Eleven;
 const MAX_OVERSHOOT_M: f64 = 161.0;
 
 fn alert(target: Area) -> Alert {
-    Alert {
-        alert_id: "a@1".into(),
-        incident_id: "a".into(),
-        kind: EventKind::New,
-        category: Category::parse("crime.robbery").expect("known"),
-        severity: Severity::Severe,
-        urgency: Urgency::Immediate,
-        headline: String::new(),
-        coarse_cell: LatLng::new(1.0, 1.0).expect("valid").cell(Resolution::Five),
-        target,
-        occurred_at: Timestamp(0),
-        issued_at: Timestamp(0),
-        expires_at: None,
-        required_attributes: vec![],
-        rule: String::new(),
-        published_at: None,
-    }
+    Alert::synthetic("a@1", Category::parse("crime.robbery").expect("known"), target)
 }
 
 fn sub(id: usize, p: LatLng, radius_m: f64) -> Subscription {
