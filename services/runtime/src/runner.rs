@@ -181,6 +181,12 @@ impl ConsumerContext for RunnerContext {
             }
             Rebalance::Revoke(tpl) => {
                 self.stats.assigned_partitions.store(0, Ordering::SeqCst);
+                // Another member owns these now and reports their lag; a stale value here
+                // would count it twice.
+                for p in tpl.elements() {
+                    metrics::gauge!(telemetry::LAG, "stage" => self.stage, "partition" => p.partition().to_string())
+                        .set(0.0);
+                }
                 tracing::info!(stage = self.stage, partitions = tpl.count(), "partitions revoked");
             }
             Rebalance::Error(e) => tracing::warn!(stage = self.stage, error = %e, "rebalance error"),
