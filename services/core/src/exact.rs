@@ -142,34 +142,35 @@ fn hexagon(f: &Frame, cell: CellIndex) -> Vec<Ring> {
     vec![cell.boundary().iter().map(|v| f.xy(v.lng(), v.lat())).collect()]
 }
 
+/// Whether the hexagon of `cell` comes within `radius_m` of `center`.
+fn hexagon_near(cell: CellIndex, center: LatLng, radius_m: f64) -> bool {
+    let f = Frame::at(center);
+    let hex = hexagon(&f, cell);
+    point_in_polygon(0.0, 0.0, &hex) || within(dist_to_rings(0.0, 0.0, &hex), radius_m)
+}
+
 /// Whether the hexagon (or pentagon) of `cell` intersects `area`.
 pub fn cell_intersects(area: &Area, cell: CellIndex) -> bool {
-    let c = centroid(cell);
+    // Shapes with edges are compared in a frame at the cell's own centroid.
+    let own = || {
+        let f = Frame::at(centroid(cell));
+        let hex = hexagon(&f, cell);
+        (f, hex)
+    };
     match area {
-        Area::Point(_) | Area::Circle { .. } | Area::CellDisc { .. } | Area::Cells(_) => {
-            let (center, r) = match area {
-                Area::Point(p) => (*p, 0.0),
-                Area::Circle { center, radius_m } => (*center, *radius_m),
-                Area::CellDisc { cell: dc, radius_m } => (centroid(*dc), radius_m + circumradius_m(*dc)),
-                Area::Cells(cells) => {
-                    return cells.iter().any(|other| {
-                        let f = Frame::at(c);
-                        polygons_intersect(&hexagon(&f, cell), &hexagon(&f, *other))
-                    });
-                }
-                _ => unreachable!("matched above"),
-            };
-            let f = Frame::at(center);
-            let hex = hexagon(&f, cell);
-            point_in_polygon(0.0, 0.0, &hex) || within(dist_to_rings(0.0, 0.0, &hex), r)
+        Area::Point(p) => hexagon_near(cell, *p, 0.0),
+        Area::Circle { center, radius_m } => hexagon_near(cell, *center, *radius_m),
+        Area::CellDisc { cell: dc, radius_m } => hexagon_near(cell, centroid(*dc), radius_m + circumradius_m(*dc)),
+        Area::Cells(cells) => {
+            let (f, hex) = own();
+            cells.iter().any(|other| polygons_intersect(&hex, &hexagon(&f, *other)))
         }
         Area::Polygon(p) => {
-            let f = Frame::at(c);
-            polygons_intersect(&hexagon(&f, cell), &project_polygon(&f, p))
+            let (f, hex) = own();
+            polygons_intersect(&hex, &project_polygon(&f, p))
         }
         Area::MultiPolygon(m) => {
-            let f = Frame::at(c);
-            let hex = hexagon(&f, cell);
+            let (f, hex) = own();
             m.0.iter().any(|p| polygons_intersect(&hex, &project_polygon(&f, p)))
         }
     }

@@ -81,10 +81,16 @@ impl PushState {
             futures.push(self.producer.send_result(rec).map_err(|(e, _)| PushError::Unavailable(e.to_string()))?);
         }
         for shard in old_shards.into_iter().filter(|s| !sub.shards.contains(s)) {
-            let rec: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key.as_str()).partition(shard as i32);
-            futures.push(self.producer.send_result(rec).map_err(|(e, _)| PushError::Unavailable(e.to_string()))?);
+            futures.push(self.tombstone(&key, shard)?);
         }
         Ok(futures)
+    }
+
+    /// Queues a tombstone for `key` on `shard`'s partition of the subscriptions topic.
+    fn tombstone(&self, key: &str, shard: u32) -> Result<rdkafka::producer::DeliveryFuture, PushError> {
+        let topic = self.rt.names.name(Topic::Subscriptions);
+        let rec: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key).partition(shard as i32);
+        self.producer.send_result(rec).map_err(|(e, _)| PushError::Unavailable(e.to_string()))
     }
 }
 
@@ -187,12 +193,7 @@ impl Subscriptions for SubscriptionsService {
             // Not (yet) in the index: tombstone every shard so a write still in flight dies too.
             None => (0..self.0.shards.shards).collect(),
         };
-        let topic = self.0.rt.names.name(Topic::Subscriptions);
-        let mut futures = Vec::new();
-        for shard in shards {
-            let rec: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key.as_str()).partition(shard as i32);
-            futures.push(self.0.producer.send_result(rec).map_err(|(e, _)| PushError::Unavailable(e.to_string()))?);
-        }
+        let futures = shards.into_iter().map(|shard| self.0.tombstone(&key, shard)).collect::<Result<Vec<_>, _>>()?;
         await_all(futures).await?;
         Ok(Response::new(pb::DeleteResponse { existed: existing.is_some() }))
     }
