@@ -202,6 +202,96 @@ pub fn disc_cells(
     Ok(out)
 }
 
+/// An upper bound of the number of cells [`area_cells`] returns at `res`, when one is cheap:
+/// for points, circles and discs, the size of the grid disk that is searched. `None` for
+/// polygons and cell sets.
+pub fn cover_size_bound(area: &Area, res: Resolution) -> Option<u64> {
+    let radius_m = match area {
+        Area::Point(_) => 0.0,
+        Area::Circle { radius_m, .. } => *radius_m,
+        Area::CellDisc { cell, radius_m } => radius_m + circumradius_m(*cell),
+        _ => return None,
+    };
+    let k = ((radius_m + max_circumradius_m(res)) / (0.9 * res.edge_length_m())).ceil() as u64 + 1;
+    Some(3 * k * (k + 1) + 1)
+}
+
+/// Like [`disc_cells`], without the per-cell boundaries: a cell is kept when its centroid is
+/// within the radius plus the largest circumradius of the resolution, and is inside when it
+/// is within the radius by that much. A superset of [`disc_cells`] with fewer "inside"
+/// claims, at a fraction of the cost (no cell boundary is computed): what the matcher's
+/// candidate lookups and the index's bucket registrations need.
+pub fn disc_cells_loose(
+    center: LatLng,
+    radius_m: f64,
+    res: Resolution,
+    max_cells: usize,
+) -> Result<Vec<(CellIndex, bool)>, CoverError> {
+    let rho = max_circumradius_m(res);
+    let bound = radius_m + rho;
+    let k = (bound / (0.9 * res.edge_length_m())).ceil() as u64 + 1;
+    if 3 * k * (k + 1) + 1 > (max_cells as u64).saturating_mul(4).max(64) {
+        return Err(CoverError::TooLarge { max: max_cells, res: u8::from(res) });
+    }
+    let out: Vec<(CellIndex, bool)> = center
+        .cell(res)
+        .grid_disk_safe(k as u32)
+        .filter_map(|c| {
+            let d = center.distance_m(centroid(c));
+            (d <= bound).then_some((c, d + rho <= radius_m))
+        })
+        .collect();
+    if out.len() > max_cells {
+        return Err(CoverError::TooLarge { max: max_cells, res: u8::from(res) });
+    }
+    Ok(out)
+}
+
+/// Cells at `res` holding a point within one edge length (`res.edge_length_m()`) of
+/// `area`: the lookup cells of the index's disc buckets, where a disc no wider than an edge
+/// is filed under the one cell holding its center. Circles and discs use
+/// [`disc_cells_loose`]; polygons widen the boundary band of [`polygon_cells`] to two
+/// rings (two points an edge apart lie at most two cells apart). "Inside" is claimed as in
+/// [`area_cells`], for the area itself.
+pub fn lookup_cells_grown(area: &Area, res: Resolution, max_cells: usize) -> Result<Vec<CellIndex>, CoverError> {
+    let grow = res.edge_length_m();
+    let cells = match area {
+        Area::Point(p) => disc_cells_loose(*p, grow, res, max_cells)?,
+        Area::Circle { center, radius_m } => disc_cells_loose(*center, radius_m + grow, res, max_cells)?,
+        Area::CellDisc { cell, radius_m } => {
+            disc_cells_loose(centroid(*cell), radius_m + circumradius_m(*cell) + grow, res, max_cells)?
+        }
+        Area::Polygon(p) => polygon_cells_banded(std::slice::from_ref(p), res, max_cells, 2)?,
+        Area::MultiPolygon(m) => polygon_cells_banded(&m.0, res, max_cells, 2)?,
+        Area::Cells(cells) => {
+            let mut out = Vec::new();
+            for &c in cells {
+                let r = circumradius_m(c) + grow;
+                out.extend(disc_cells_loose(centroid(c), r, res, max_cells)?);
+                if out.len() > max_cells {
+                    return Err(CoverError::TooLarge { max: max_cells, res: u8::from(res) });
+                }
+            }
+            out.sort_unstable_by_key(|(c, _)| *c);
+            out.dedup_by_key(|(c, _)| *c);
+            out
+        }
+    };
+    Ok(cells.into_iter().map(|(c, _)| c).collect())
+}
+
+/// [`area_cells`] for lookups: circles and discs use [`disc_cells_loose`].
+pub fn lookup_cells(area: &Area, res: Resolution, max_cells: usize) -> Result<Vec<(CellIndex, bool)>, CoverError> {
+    match area {
+        Area::Point(p) => disc_cells_loose(*p, 0.0, res, max_cells),
+        Area::Circle { center, radius_m } => disc_cells_loose(*center, *radius_m, res, max_cells),
+        Area::CellDisc { cell, radius_m } => {
+            disc_cells_loose(centroid(*cell), radius_m + circumradius_m(*cell), res, max_cells)
+        }
+        _ => area_cells(area, res, max_cells),
+    }
+}
+
 /// Cells at `res` that touch the polygons, each with whether it lies entirely inside them.
 ///
 /// h3o's `Covers` tiling tests every cell's boundary against the whole geometry, which
@@ -215,6 +305,16 @@ pub fn polygon_cells(
     res: Resolution,
     max_cells: usize,
 ) -> Result<Vec<(CellIndex, bool)>, CoverError> {
+    polygon_cells_banded(polygons, res, max_cells, 1)
+}
+
+/// [`polygon_cells`] with a band of `rings` cells around every boundary sample.
+fn polygon_cells_banded(
+    polygons: &[geo::Polygon<f64>],
+    res: Resolution,
+    max_cells: usize,
+    rings: u32,
+) -> Result<Vec<(CellIndex, bool)>, CoverError> {
     let too_large = || CoverError::TooLarge { max: max_cells, res: u8::from(res) };
     let mut tiler = TilerBuilder::new(res).containment_mode(ContainmentMode::ContainsCentroid).build();
     for p in polygons {
@@ -223,7 +323,8 @@ pub fn polygon_cells(
     if tiler.coverage_size_hint() > max_cells.saturating_mul(4) {
         return Err(too_large());
     }
-    let mut band: Vec<CellIndex> = Vec::new();
+    // Sample cells first (consecutive samples mostly share a cell), then their rings.
+    let mut samples: Vec<CellIndex> = Vec::new();
     let step_m = 0.45 * res.edge_length_m() / 1.5;
     for p in polygons {
         for ring in std::iter::once(p.exterior()).chain(p.interiors()) {
@@ -236,17 +337,26 @@ pub fn polygon_cells(
                     let t = i as f64 / n as f64;
                     let lng = (a.lng() + t * dlng + 540.0).rem_euclid(360.0) - 180.0;
                     let Ok(q) = LatLng::new(a.lat() + t * (b.lat() - a.lat()), lng) else { continue };
-                    band.extend(q.cell(res).grid_disk_safe(1));
+                    let c = q.cell(res);
+                    if samples.last() != Some(&c) {
+                        samples.push(c);
+                    }
                 }
-                if band.len() > max_cells.saturating_mul(8) {
-                    band.sort_unstable();
-                    band.dedup();
-                    if band.len() > max_cells {
+                if samples.len() > max_cells.saturating_mul(8) {
+                    samples.sort_unstable();
+                    samples.dedup();
+                    if samples.len() > max_cells {
                         return Err(too_large());
                     }
                 }
             }
         }
+    }
+    samples.sort_unstable();
+    samples.dedup();
+    let mut band: Vec<CellIndex> = Vec::with_capacity(samples.len() * 3);
+    for c in samples {
+        band.extend(c.grid_disk_safe(rings));
     }
     band.sort_unstable();
     band.dedup();
@@ -486,6 +596,25 @@ mod tests {
                     }
                 }
                 for (cell, inside) in cells {
+                    if inside {
+                        assert!(c.distance_m(centroid(cell)) + circumradius_m(cell) <= r + 1e-6);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn loose_disc_cells_contain_the_exact_ones_and_claim_inside_only_when_inside() {
+        for (lat, lng) in [(37.77, -122.42), (-16.99, 179.999), (89.5, 10.0)] {
+            let c = LatLng::new(lat, lng).expect("valid");
+            for (res, r) in [(Resolution::Nine, 0.0), (Resolution::Nine, 1_600.0), (Resolution::Six, 2_500.0)] {
+                let exact = disc_cells(c, r, res, 1_000_000).expect("cells");
+                let loose = disc_cells_loose(c, r, res, 1_000_000).expect("cells");
+                for (cell, _) in &exact {
+                    assert!(loose.iter().any(|(x, _)| x == cell), "loose lost {cell}");
+                }
+                for (cell, inside) in loose {
                     if inside {
                         assert!(c.distance_m(centroid(cell)) + circumradius_m(cell) <= r + 1e-6);
                     }

@@ -252,7 +252,15 @@ pub fn run_match(args: &MatchBenchArgs) -> anyhow::Result<serde_json::Value> {
     let shard_map = ShardMap { territory_res: geo.territory_resolution, shards: 6 };
     let cities = cities(&args.geofence)?;
     progress(&format!("generating {} subscribers", args.subscribers));
-    let subs = population(&cities, args.subscribers, &geo, args.seed)?;
+    let mut subs = population(&cities, args.subscribers, &geo, args.seed)?;
+    // The push service computes each subscription's shards once, at Upsert, and stores them
+    // with it; the index loads them from the subscriptions topic.
+    progress("computing shards as the Subscriptions service does");
+    let t = Instant::now();
+    for s in &mut subs {
+        s.shards = hexcast_push::index::shards_of(&s.places, &shard_map).1;
+    }
+    let shards_per_s = subs.len() as f64 / t.elapsed().as_secs_f64();
     let spatial = Spatial::new(geo, shard_map.shards);
     let index = SubscriberIndex::new(shard_map);
     progress("building the index");
@@ -313,6 +321,7 @@ pub fn run_match(args: &MatchBenchArgs) -> anyhow::Result<serde_json::Value> {
         "build_seconds": (build_s * 100.0).round() / 100.0,
         "inserts_per_sec": (args.subscribers as f64 / build_s).round(),
         "updates_per_sec": update_per_s.round(),
+        "service_shards_per_sec": shards_per_s.round(),
         "index_bytes": bytes,
         "bytes_per_subscriber": (bytes as f64 / args.subscribers.max(1) as f64).round(),
         "queries": per_query,

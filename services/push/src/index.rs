@@ -1,11 +1,19 @@
 //! The subscriber index: filter-then-refine over H3 buckets. It holds subscribers' places
 //! as cells only (a disc around a cell, or a set of cells), never coordinates.
 //!
-//! Each place is registered under a few "bucket" cells at a level chosen from its size
-//! (points and small discs at resolution 9, larger discs coarser, so that every place sits
-//! in a handful of buckets). An alert is covered at each level in use; bucket entries are
-//! candidates. A candidate whose anchor bucket (the one holding its center) lies entirely
-//! inside the alert matches at once; the others are refined with exact geometry
+//! **Discs** (a point or a home circle around a cell) are registered under the few
+//! "bucket" cells they touch, at a level chosen from their size (points and small discs at
+//! resolution 9, larger discs coarser, so that each sits in a handful of buckets).
+//!
+//! **Cell sets** (a neighborhood polygon) are *shapes*: identical sets are stored once and
+//! shared by every subscriber who chose them, registered under their resolution-9 parents
+//! and those parents' neighbors, and judged once per alert, however many subscribers
+//! share them.
+//!
+//! Matching covers the alert at each level in use (covers are cached per alert, so the
+//! shards of one process share them). Bucket entries are candidates, deduplicated with a
+//! bitset. A candidate whose center lies in a resolution-9 cell entirely inside the alert
+//! matches without geometry; the rest are refined with exact geometry
 //! ([`hexcast_core::exact`]). Candidates are conservative and refinement is exact up to a
 //! margin on the side of notifying, so a subscriber whose area meets the alert is never
 //! missed, and one whose area is more than its cell's size away is never notified.
@@ -14,22 +22,29 @@
 //! an alert is routed to every shard it touches, and the pair is emitted only by its owner
 //! shard: the subscriber's home shard when the alert reaches it, else the lowest shard both
 //! touch. Reads take a read lock, so a match sees either all of an upsert or none of it.
+//!
+//! Measured alternatives and why this design won are in the README (Benchmarks).
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::VecDeque;
+use std::hash::BuildHasher as _;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use h3o::{CellIndex, Resolution};
-use hexcast_core::cells::{CoverError, ShardMap, area_cells, centroid, circumradius_m, disc_cells};
+use hashbrown::{DefaultHashBuilder, HashMap, HashSet, HashTable};
+use hexcast_core::cells::{CoverError, ShardMap, centroid, circumradius_m, disc_cells, lookup_cells, lookup_cells_grown};
 use hexcast_core::exact::PreparedArea;
-use hexcast_core::{Alert, LatLng, Place, Subscription, SubscriptionFilter, Timestamp};
+use hexcast_core::{Alert, Area, LatLng, Place, Subscription, SubscriptionFilter, Timestamp};
 
 /// Finest bucket level.
 pub const MAX_LEVEL: Resolution = Resolution::Nine;
 const LEVELS: usize = 10;
+const SHAPE_LEVEL: usize = 9;
 /// A centroid rounded to f32 moves by at most ~1 m; grow the disc by more than that.
 const F32_SLACK_M: f64 = 2.0;
-/// The high bit of an entry marks the place's anchor bucket.
-const ANCHOR: u32 = 1 << 31;
+/// Largest cover of one alert at one level.
+const MAX_LOOKUP_CELLS: usize = 4_000_000;
+/// Alerts whose covers are kept: the shards of one process match the same alert in turn.
+const COVER_CACHE: usize = 8;
 
 /// A match: one subscriber of one tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,80 +55,201 @@ pub struct Match {
     pub subscriber_id: Arc<str>,
 }
 
+/// A disc place, with what refinement needs precomputed: its cell's centroid, its radius
+/// grown by the cell's circumradius, and the resolution-9 cell holding the centroid.
+#[derive(Debug, Clone, Copy)]
+struct Disc {
+    cell: CellIndex,
+    radius_m: f32,
+    lat: f32,
+    lng: f32,
+    grown_m: f32,
+    center9: u64,
+}
+
+impl Disc {
+    fn new(cell: CellIndex, radius_m: f32) -> Self {
+        let c = centroid(cell);
+        Self {
+            cell,
+            radius_m,
+            lat: c.lat() as f32,
+            lng: c.lng() as f32,
+            grown_m: radius_m + circumradius_m(cell) as f32 + 0.5,
+            center9: u64::from(c.cell(MAX_LEVEL)),
+        }
+    }
+
+    fn center(&self) -> Option<LatLng> {
+        LatLng::new(f64::from(self.lat), f64::from(self.lng)).ok()
+    }
+
+    /// Bucket: the finest level whose edge is at least the disc's radius, and the one cell
+    /// there that holds the disc's center. Matching looks a disc up in the cells within an
+    /// edge of the alert ([`lookup_cells_grown`]), so a disc is filed once, whatever its size.
+    fn bucket(&self) -> (usize, u64) {
+        let r = f64::from(self.grown_m) + F32_SLACK_M;
+        let mut level = MAX_LEVEL;
+        while u8::from(level) > 0 && level.edge_length_m() < r {
+            level = Resolution::try_from(u8::from(level) - 1).unwrap_or(Resolution::Zero);
+        }
+        let cell = self.center().map_or(u64::from(self.cell), |c| u64::from(c.cell(level)));
+        (usize::from(u8::from(level)), cell)
+    }
+}
+
+/// A set of cells shared by every subscriber who chose it.
+#[derive(Debug)]
+struct Shape {
+    cells: Arc<[CellIndex]>,
+    /// Resolution-9 parents of the cells (the cells themselves when coarser), sorted.
+    parents: Box<[CellIndex]>,
+    members: Vec<u32>,
+}
+
+impl Shape {
+    fn new(cells: Arc<[CellIndex]>) -> Self {
+        let mut parents: Vec<CellIndex> =
+            cells.iter().map(|c| if c.resolution() > MAX_LEVEL { c.parent(MAX_LEVEL).unwrap_or(*c) } else { *c }).collect();
+        parents.sort_unstable();
+        parents.dedup();
+        Self { cells, parents: parents.into_boxed_slice(), members: Vec::new() }
+    }
+
+    /// Buckets: (level, cell). Cells at resolution 9 or coarser are their own bucket; fine
+    /// cells register under their resolution-9 parent and its ring of neighbors (H3
+    /// children stick out of their parent's hexagon by far less than a neighbor's width).
+    fn buckets(&self) -> Vec<(usize, u64)> {
+        let mut out = Vec::new();
+        for &p in self.parents.iter() {
+            if self.cells.binary_search(&p).is_ok() {
+                out.push((usize::from(u8::from(p.resolution())), u64::from(p)));
+            } else {
+                out.extend(p.grid_disk_safe(1).map(|c| (SHAPE_LEVEL, u64::from(c))));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Whether the shape meets the alert. A fine cell whose resolution-9 parent lies inside
+    /// the alert matches at once (an H3 child's centroid lies inside its parent); the
+    /// cells near the alert's edge are checked exactly.
+    fn meets(&self, covers: &Covers, prepared: &PreparedArea<'_>) -> bool {
+        let near = covers.near9();
+        for &p in self.parents.iter() {
+            let fine = p.resolution() == MAX_LEVEL && self.cells.binary_search(&p).is_err();
+            if fine && covers.inside9().contains(&u64::from(p)) {
+                return true;
+            }
+            if fine && !p.grid_disk_safe(1).any(|n| near.contains(&u64::from(n))) {
+                continue;
+            }
+            let children = self.cells.iter().filter(|c| {
+                if c.resolution() > MAX_LEVEL { c.parent(MAX_LEVEL) == Some(p) } else { **c == p }
+            });
+            for c in children {
+                if prepared.cell_intersects(*c) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
 #[derive(Debug)]
 struct Sub {
-    tenant: u16,
     id: Arc<str>,
-    places: Box<[Place]>,
-    /// Per disc place: its cell's centroid and its radius grown by the cell's
-    /// circumradius, precomputed so that refinement never recomputes cell boundaries.
-    discs: Box<[(f32, f32, f32)]>,
-    filter: u32,
-    home: u32,
-    shards: Box<[u32]>,
+    discs: Box<[Disc]>,
+    shapes: Box<[u32]>,
+    /// Bit i set: place i is a shape (for the original order on read-back).
+    shape_mask: u64,
     updated_at: Timestamp,
+    home: u32,
+    shard_set: u32,
+    filter: u32,
+    tenant: u16,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     subs: Vec<Option<Sub>>,
     free: Vec<u32>,
-    by_key: HashMap<Box<str>, u32>,
+    /// Dense ids, found by the hash of `tenant/subscriber_id` (the key is not stored twice).
+    by_key: HashTable<u32>,
+    live: usize,
     tenants: Vec<Arc<str>>,
     tenant_ids: HashMap<Arc<str>, u16>,
     filters: Vec<SubscriptionFilter>,
     filter_ids: HashMap<(Vec<String>, i32, Vec<String>), u32>,
+    shard_sets: Vec<Box<[u32]>>,
+    shard_set_ids: HashMap<Box<[u32]>, u32>,
+    shapes: Vec<Option<Shape>>,
+    free_shapes: Vec<u32>,
+    shape_ids: HashMap<Arc<[CellIndex]>, u32>,
+    /// Per level: bucket cell -> disc owners (subscriber ids).
     levels: Vec<HashMap<u64, Vec<u32>>>,
-    level_entries: [usize; LEVELS],
+    /// Per level: bucket cell -> shapes.
+    shape_levels: Vec<HashMap<u64, Vec<u32>>>,
 }
 
-/// The bucket level of a disc: the finest level whose cells are at least as wide as it, so
-/// that it touches only a few buckets.
-fn disc_level(radius_m: f64) -> Resolution {
-    let mut level = MAX_LEVEL;
-    while u8::from(level) > 0 && level.edge_length_m() < radius_m {
-        level = Resolution::try_from(u8::from(level) - 1).unwrap_or(Resolution::Zero);
-    }
-    level
+/// The covers of one alert at each level, computed on first use.
+#[derive(Debug)]
+struct Covers {
+    alert_id: String,
+    target: Area,
+    levels: [OnceLock<Result<Vec<(CellIndex, bool)>, CoverError>>; LEVELS],
+    grown: [OnceLock<Result<Vec<CellIndex>, CoverError>>; LEVELS],
+    inside9: OnceLock<HashSet<u64>>,
+    near9: OnceLock<HashSet<u64>>,
 }
 
-/// Where a place is registered: (level, bucket cell, is anchor).
-fn buckets(place: &Place) -> Vec<(usize, CellIndex, bool)> {
-    let mut out = Vec::new();
-    let disc = |center: LatLng, r: f64, out: &mut Vec<(usize, CellIndex, bool)>| {
-        let level = disc_level(r);
-        let anchor = center.cell(level);
-        // A disc of at most one cell width touches a bounded number of buckets.
-        if let Ok(cells) = disc_cells(center, r, level, usize::MAX / 8) {
-            out.extend(cells.into_iter().map(|(c, _)| (usize::from(u8::from(level)), c, c == anchor)));
-        }
-    };
-    match place {
-        Place::Disc { cell, radius_m } => disc(centroid(*cell), f64::from(*radius_m) + circumradius_m(*cell), &mut out),
-        Place::Cells(cells) => {
-            let mut parents = Vec::new();
-            for &c in cells {
-                if c.resolution() <= MAX_LEVEL {
-                    // The cell is its own bucket: geometry identical, so "inside" holds for it.
-                    out.push((usize::from(u8::from(c.resolution())), c, true));
-                } else {
-                    parents.push(c.parent(MAX_LEVEL).unwrap_or(c));
-                }
-            }
-            parents.sort_unstable();
-            parents.dedup();
-            // Fine cells register under their resolution-9 parent and its ring of
-            // neighbors: H3 children stick out of their parent's hexagon by far less than a
-            // neighbor's width. Not anchors: the parent's center need not be in the place.
-            let level = usize::from(u8::from(MAX_LEVEL));
-            for p in parents {
-                out.extend(p.grid_disk_safe(1).map(|c| (level, c, false)));
-            }
+impl Covers {
+    fn new(alert: &Alert) -> Self {
+        Self {
+            alert_id: alert.alert_id.clone(),
+            target: alert.target.clone(),
+            levels: std::array::from_fn(|_| OnceLock::new()),
+            grown: std::array::from_fn(|_| OnceLock::new()),
+            inside9: OnceLock::new(),
+            near9: OnceLock::new(),
         }
     }
-    out.sort_unstable_by_key(|(l, c, a)| (*l, *c, !*a));
-    out.dedup_by_key(|(l, c, _)| (*l, *c));
-    out
+
+    fn level(&self, level: usize) -> Result<&[(CellIndex, bool)], CoverError> {
+        let res = Resolution::try_from(level as u8).unwrap_or(MAX_LEVEL);
+        match self.levels[level].get_or_init(|| lookup_cells(&self.target, res, MAX_LOOKUP_CELLS)) {
+            Ok(cells) => Ok(cells),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    fn grown(&self, level: usize) -> Result<&[CellIndex], CoverError> {
+        let res = Resolution::try_from(level as u8).unwrap_or(MAX_LEVEL);
+        match self.grown[level].get_or_init(|| lookup_cells_grown(&self.target, res, MAX_LOOKUP_CELLS)) {
+            Ok(cells) => Ok(cells),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    /// Resolution-9 cells entirely inside the alert (empty when the cover failed, which
+    /// [`Covers::level`] reports).
+    fn inside9(&self) -> &HashSet<u64> {
+        self.inside9.get_or_init(|| {
+            self.level(SHAPE_LEVEL)
+                .map(|cells| cells.iter().filter(|(_, inside)| *inside).map(|(c, _)| u64::from(*c)).collect())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Resolution-9 cells that touch the alert.
+    fn near9(&self) -> &HashSet<u64> {
+        self.near9.get_or_init(|| {
+            self.level(SHAPE_LEVEL).map(|cells| cells.iter().map(|(c, _)| u64::from(*c)).collect()).unwrap_or_default()
+        })
+    }
 }
 
 /// Whether a place meets the prepared alert area (exact, with the notify-side margin).
@@ -176,18 +312,47 @@ pub fn shards_of(places: &[Place], shards: &ShardMap) -> (u32, Vec<u32>) {
     (home.unwrap_or(0), all)
 }
 
+
+/// The home shard of a subscription: the territory of its first place's center. The same
+/// as [`shards_of`]'s, without covering the places.
+pub fn home_shard(places: &[Place], shards: &ShardMap) -> u32 {
+    places
+        .iter()
+        .find_map(|p| match p {
+            Place::Disc { cell, .. } => Some(*cell),
+            Place::Cells(cells) => cells.first().copied(),
+        })
+        .map_or(0, |c| shards.shard_of(centroid(c).cell(shards.territory_res)))
+}
+
 /// Concurrent subscriber index.
 #[derive(Debug)]
 pub struct SubscriberIndex {
     shard_map: ShardMap,
+    hasher: DefaultHashBuilder,
     inner: RwLock<Inner>,
+    covers: Mutex<VecDeque<Arc<Covers>>>,
+}
+
+fn key_of<'a>(inner: &'a Inner, id: u32) -> Option<(&'a str, &'a str)> {
+    let sub = inner.subs.get(id as usize)?.as_ref()?;
+    Some((&inner.tenants[usize::from(sub.tenant)], &sub.id))
 }
 
 impl SubscriberIndex {
     /// An empty index for a shard map.
     pub fn new(shard_map: ShardMap) -> Self {
-        let inner = Inner { levels: (0..LEVELS).map(|_| HashMap::new()).collect(), ..Inner::default() };
-        Self { shard_map, inner: RwLock::new(inner) }
+        let inner = Inner {
+            levels: (0..LEVELS).map(|_| HashMap::new()).collect(),
+            shape_levels: (0..LEVELS).map(|_| HashMap::new()).collect(),
+            ..Inner::default()
+        };
+        Self {
+            shard_map,
+            hasher: DefaultHashBuilder::default(),
+            inner: RwLock::new(inner),
+            covers: Mutex::new(VecDeque::new()),
+        }
     }
 
     /// The shard map the index computes ownership with.
@@ -203,9 +368,19 @@ impl SubscriberIndex {
         self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn hash_key(&self, tenant: &str, subscriber_id: &str) -> u64 {
+        self.hasher.hash_one((tenant, subscriber_id))
+    }
+
+    fn find(&self, inner: &Inner, key: &str) -> Option<u32> {
+        let (tenant, id) = key.split_once('/')?;
+        let hash = self.hash_key(tenant, id);
+        inner.by_key.find(hash, |&i| key_of(inner, i) == Some((tenant, id))).copied()
+    }
+
     /// Subscribers indexed.
     pub fn len(&self) -> usize {
-        self.read().by_key.len()
+        self.read().live
     }
 
     /// Whether the index is empty.
@@ -216,14 +391,25 @@ impl SubscriberIndex {
     /// The stored subscription for `tenant/subscriber_id`.
     pub fn get(&self, key: &str) -> Option<Subscription> {
         let inner = self.read();
-        let id = *inner.by_key.get(key)?;
+        let id = self.find(&inner, key)?;
         let sub = inner.subs[id as usize].as_ref()?;
+        let (mut discs, mut shapes) = (sub.discs.iter(), sub.shapes.iter());
+        let mut places = Vec::with_capacity(sub.discs.len() + sub.shapes.len());
+        for i in 0..sub.discs.len() + sub.shapes.len() {
+            let shape_next = (i < 64 && sub.shape_mask & (1 << i) != 0) || (i >= 64 && discs.len() == 0);
+            let place = if shape_next {
+                shapes.next().and_then(|&s| inner.shapes[s as usize].as_ref()).map(|s| Place::Cells(s.cells.to_vec()))
+            } else {
+                discs.next().map(|d| Place::Disc { cell: d.cell, radius_m: d.radius_m })
+            };
+            places.extend(place);
+        }
         Some(Subscription {
             tenant: inner.tenants[usize::from(sub.tenant)].to_string(),
             subscriber_id: sub.id.to_string(),
-            places: sub.places.to_vec(),
+            places,
             filter: inner.filters[sub.filter as usize].clone(),
-            shards: sub.shards.to_vec(),
+            shards: inner.shard_sets[sub.shard_set as usize].to_vec(),
             updated_at: sub.updated_at,
         })
     }
@@ -231,19 +417,50 @@ impl SubscriberIndex {
     /// The shards `tenant/subscriber_id` is stored in.
     pub fn shards(&self, key: &str) -> Option<Vec<u32>> {
         let inner = self.read();
-        let id = *inner.by_key.get(key)?;
-        inner.subs[id as usize].as_ref().map(|s| s.shards.to_vec())
+        let id = self.find(&inner, key)?;
+        inner.subs[id as usize].as_ref().map(|s| inner.shard_sets[s.shard_set as usize].to_vec())
     }
 
-    /// Inserts or replaces a subscription. Home and shards are recomputed from the places
-    /// (the stored `shards` were computed the same way by the push service).
+    /// Inserts or replaces a subscription. The home shard is computed from the places; the
+    /// stored `shards` (computed by the push service with [`shards_of`]) are trusted when
+    /// present and valid for this shard map, and recomputed otherwise.
     pub fn upsert(&self, sub: Subscription) {
-        let key: Box<str> = hexcast_core::model::subscription_key(&sub.tenant, &sub.subscriber_id).into();
-        let (home, shards) = shards_of(&sub.places, &self.shard_map);
-        let new_buckets: Vec<(usize, CellIndex, bool)> = sub.places.iter().flat_map(buckets).collect();
-        let mut inner = self.write();
-        let inner = &mut *inner;
-        if let Some(&old) = inner.by_key.get(&key) {
+        let home = home_shard(&sub.places, &self.shard_map);
+        let shards = if !sub.shards.is_empty()
+            && sub.shards.contains(&home)
+            && sub.shards.iter().all(|&s| s < self.shard_map.shards)
+        {
+            sub.shards.clone()
+        } else {
+            shards_of(&sub.places, &self.shard_map).1
+        };
+        // Everything that costs geometry is computed before taking the lock.
+        let mut discs = Vec::new();
+        let mut cell_sets = Vec::new();
+        let mut shape_mask = 0u64;
+        for (i, p) in sub.places.into_iter().enumerate() {
+            match p {
+                Place::Disc { cell, radius_m } => discs.push(Disc::new(cell, radius_m)),
+                Place::Cells(mut cells) => {
+                    cells.sort_unstable();
+                    cells.dedup();
+                    if i < 64 {
+                        shape_mask |= 1 << i;
+                    }
+                    cell_sets.push(Arc::<[CellIndex]>::from(cells));
+                }
+            }
+        }
+        let disc_buckets: Vec<(usize, u64)> = discs.iter().map(Disc::bucket).collect();
+        let hash = self.hash_key(&sub.tenant, &sub.subscriber_id);
+
+        let mut guard = self.write();
+        let inner = &mut *guard;
+        let existing = inner
+            .by_key
+            .find(hash, |&i| key_of(inner, i) == Some((sub.tenant.as_str(), sub.subscriber_id.as_str())))
+            .copied();
+        if let Some(old) = existing {
             remove_entries(inner, old);
         }
         let tenant = match inner.tenant_ids.get(sub.tenant.as_str()) {
@@ -266,134 +483,271 @@ impl SubscriberIndex {
                 f
             }
         };
-        let id = match inner.by_key.get(&key) {
-            Some(&id) => id,
+        let shard_set = match inner.shard_set_ids.get(shards.as_slice()) {
+            Some(&s) => s,
+            None => {
+                let s = inner.shard_sets.len() as u32;
+                inner.shard_sets.push(shards.clone().into_boxed_slice());
+                inner.shard_set_ids.insert(shards.into_boxed_slice(), s);
+                s
+            }
+        };
+        let id = match existing {
+            Some(id) => id,
             None => {
                 let id = inner.free.pop().unwrap_or_else(|| {
                     inner.subs.push(None);
                     (inner.subs.len() - 1) as u32
                 });
-                inner.by_key.insert(key, id);
+                inner.live += 1;
                 id
             }
         };
+        let shapes: Vec<u32> = cell_sets.into_iter().map(|cells| intern_shape(inner, cells, id)).collect();
+        for (level, cell) in disc_buckets {
+            inner.levels[level].entry(cell).or_default().push(id);
+        }
         inner.subs[id as usize] = Some(Sub {
-            tenant,
             id: sub.subscriber_id.as_str().into(),
-            discs: sub
-                .places
-                .iter()
-                .filter_map(|p| match p {
-                    Place::Disc { cell, radius_m } => {
-                        let c = centroid(*cell);
-                        Some((c.lat() as f32, c.lng() as f32, *radius_m + circumradius_m(*cell) as f32 + 0.5))
-                    }
-                    Place::Cells(_) => None,
-                })
-                .collect(),
-            places: sub.places.into_boxed_slice(),
-            filter,
-            home,
-            shards: shards.into_boxed_slice(),
+            discs: discs.into_boxed_slice(),
+            shapes: shapes.into_boxed_slice(),
+            shape_mask,
             updated_at: sub.updated_at,
+            home,
+            shard_set,
+            filter,
+            tenant,
         });
-        for (level, cell, anchor) in new_buckets {
-            inner.levels[level].entry(u64::from(cell)).or_default().push(if anchor { id | ANCHOR } else { id });
-            inner.level_entries[level] += 1;
+        if existing.is_none() {
+            let Inner { by_key, subs, tenants, .. } = inner;
+            by_key.insert_unique(hash, id, |&i| {
+                let s = subs[i as usize].as_ref().map_or(("", ""), |s| (&*tenants[usize::from(s.tenant)], &*s.id));
+                self.hash_key(s.0, s.1)
+            });
         }
     }
 
     /// Removes a subscription; whether it existed.
     pub fn remove(&self, key: &str) -> bool {
-        let mut inner = self.write();
-        let inner = &mut *inner;
-        let Some(id) = inner.by_key.remove(key) else { return false };
+        let Some((tenant, sid)) = key.split_once('/') else { return false };
+        let hash = self.hash_key(tenant, sid);
+        let mut guard = self.write();
+        let inner = &mut *guard;
+        let Some(id) = self.find(inner, key) else { return false };
         remove_entries(inner, id);
+        if let Ok(entry) = inner.by_key.find_entry(hash, |&i| i == id) {
+            entry.remove();
+        }
         inner.subs[id as usize] = None;
         inner.free.push(id);
+        inner.live -= 1;
         true
+    }
+
+    fn covers(&self, alert: &Alert) -> Arc<Covers> {
+        let mut cache = self.covers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = cache.iter().find(|c| c.alert_id == alert.alert_id && c.target == alert.target) {
+            return Arc::clone(c);
+        }
+        let c = Arc::new(Covers::new(alert));
+        if cache.len() == COVER_CACHE {
+            cache.pop_front();
+        }
+        cache.push_back(Arc::clone(&c));
+        c
     }
 
     /// The subscribers `shard` must notify for `alert` (routed to `alert_shards`).
     pub fn matches(&self, alert: &Alert, shard: u32, alert_shards: &[u32]) -> Result<Vec<Match>, CoverError> {
+        let covers = self.covers(alert);
         let inner = self.read();
-        let mut candidates: Vec<(u32, bool)> = Vec::new();
-        for (level, map) in inner.levels.iter().enumerate() {
-            if inner.level_entries[level] == 0 {
+        let prepared = PreparedArea::new(&alert.target);
+        let mut m = Matching {
+            inner: &inner,
+            alert,
+            shard,
+            alert_shards,
+            covers: &covers,
+            prepared: &prepared,
+            seen: vec![0u64; inner.subs.len() / 64 + 1],
+            filter_ok: vec![None; inner.filters.len()],
+            shape_ok: HashMap::new(),
+            out: Vec::new(),
+        };
+        // Shapes first: a matching shape emits its members without looking at them again.
+        for level in 0..LEVELS {
+            if inner.shape_levels[level].is_empty() {
                 continue;
             }
-            let res = Resolution::try_from(level as u8).unwrap_or(MAX_LEVEL);
-            for (cell, inside) in area_cells(&alert.target, res, 4_000_000)? {
-                if let Some(entries) = map.get(&u64::from(cell)) {
-                    candidates.extend(entries.iter().map(|&e| (e & !ANCHOR, inside && e & ANCHOR != 0)));
+            for &(cell, _) in covers.level(level)? {
+                if let Some(shapes) = inner.shape_levels[level].get(&u64::from(cell)) {
+                    for &s in shapes {
+                        if m.shape_meets(s) {
+                            for &member in inner.shapes[s as usize].as_ref().map_or(&[][..], |s| &s.members) {
+                                m.visit(member, true);
+                            }
+                        }
+                    }
                 }
             }
         }
-        // Group the candidates by subscriber; "sure" wins over "maybe".
-        candidates.sort_unstable_by_key(|&(id, sure)| (id, !sure));
-        candidates.dedup_by_key(|(id, _)| *id);
-        let prepared = PreparedArea::new(&alert.target);
-        let mut out = Vec::new();
-        for (id, sure) in candidates {
-            let Some(sub) = inner.subs[id as usize].as_ref() else { continue };
-            if !inner.filters[sub.filter as usize].accepts(alert) {
+        for level in 0..LEVELS {
+            if inner.levels[level].is_empty() {
                 continue;
             }
-            if owner_shard(alert_shards, sub.home, &sub.shards) != Some(shard) {
-                continue;
-            }
-            let meets = || {
-                sub.discs.iter().any(|&(lat, lng, r)| {
-                    LatLng::new(f64::from(lat), f64::from(lng))
-                        .is_ok_and(|c| prepared.disc_intersects(c, f64::from(r) + F32_SLACK_M))
-                }) || sub.places.iter().any(|p| matches!(p, Place::Cells(_)) && place_meets(p, &prepared))
-            };
-            if sure || meets() {
-                out.push(Match {
-                    tenant: Arc::clone(&inner.tenants[usize::from(sub.tenant)]),
-                    subscriber_id: Arc::clone(&sub.id),
-                });
+            for &cell in covers.grown(level)? {
+                if let Some(ids) = inner.levels[level].get(&u64::from(cell)) {
+                    for &id in ids {
+                        m.visit(id, false);
+                    }
+                }
             }
         }
-        Ok(out)
+        Ok(m.out)
     }
 
-    /// Approximate heap and inline bytes held, for bytes-per-subscriber figures.
+    /// Approximate heap and inline bytes held, for bytes-per-subscriber figures: every
+    /// allocation's capacity, plus 16 bytes of allocator overhead per allocation.
     pub fn memory_bytes(&self) -> usize {
+        const ALLOC: usize = 16;
         let inner = self.read();
         let mut bytes = inner.subs.capacity() * std::mem::size_of::<Option<Sub>>();
         for s in inner.subs.iter().flatten() {
-            bytes += s.id.len() + 16; // Arc header
-            bytes += s.places.len() * std::mem::size_of::<Place>() + s.shards.len() * 4;
-            for p in s.places.iter() {
-                if let Place::Cells(c) = p {
-                    bytes += c.capacity() * 8;
-                }
+            bytes += s.id.len() + 16 + ALLOC; // Arc header
+            if !s.discs.is_empty() {
+                bytes += s.discs.len() * std::mem::size_of::<Disc>() + ALLOC;
+            }
+            if !s.shapes.is_empty() {
+                bytes += s.shapes.len() * 4 + ALLOC;
             }
         }
-        for k in inner.by_key.keys() {
-            bytes += k.len();
+        bytes += inner.by_key.capacity() * (4 + 1);
+        bytes += inner.free.capacity() * 4;
+        for sh in inner.shapes.iter().flatten() {
+            bytes += sh.cells.len() * 8 + 16 + ALLOC + sh.parents.len() * 8 + ALLOC + sh.members.capacity() * 4 + ALLOC;
         }
-        bytes += inner.by_key.capacity() * (std::mem::size_of::<Box<str>>() + 4 + 1);
-        for m in &inner.levels {
+        bytes += inner.shapes.capacity() * std::mem::size_of::<Option<Shape>>();
+        bytes += inner.shape_ids.capacity() * (16 + 4 + 1);
+        bytes += inner.shard_sets.iter().map(|s| s.len() * 8 + 16 + ALLOC).sum::<usize>();
+        for m in inner.levels.iter().chain(inner.shape_levels.iter()) {
             bytes += m.capacity() * (8 + std::mem::size_of::<Vec<u32>>() + 1);
-            bytes += m.values().map(|v| v.capacity() * 4).sum::<usize>();
+            bytes += m.values().map(|v| v.capacity() * 4 + ALLOC).sum::<usize>();
         }
         bytes
     }
 }
 
+/// One alert's matching in one shard.
+struct Matching<'a> {
+    inner: &'a Inner,
+    alert: &'a Alert,
+    shard: u32,
+    alert_shards: &'a [u32],
+    covers: &'a Covers,
+    prepared: &'a PreparedArea<'a>,
+    /// Subscribers already judged.
+    seen: Vec<u64>,
+    filter_ok: Vec<Option<bool>>,
+    shape_ok: HashMap<u32, bool>,
+    out: Vec<Match>,
+}
+
+impl Matching<'_> {
+    fn shape_meets(&mut self, s: u32) -> bool {
+        if let Some(&ok) = self.shape_ok.get(&s) {
+            return ok;
+        }
+        let ok = self.inner.shapes[s as usize].as_ref().is_some_and(|shape| shape.meets(self.covers, self.prepared));
+        self.shape_ok.insert(s, ok);
+        ok
+    }
+
+    /// Judges subscriber `id` once: filter, ownership, then (unless `meets` is already
+    /// known) its places.
+    fn visit(&mut self, id: u32, meets: bool) {
+        let (word, bit) = (id as usize / 64, 1u64 << (id % 64));
+        if self.seen[word] & bit != 0 {
+            return;
+        }
+        self.seen[word] |= bit;
+        let Some(sub) = self.inner.subs[id as usize].as_ref() else { return };
+        let f = sub.filter as usize;
+        let accepted = *self.filter_ok[f].get_or_insert_with(|| self.inner.filters[f].accepts(self.alert));
+        if !accepted {
+            return;
+        }
+        let shards = &self.inner.shard_sets[sub.shard_set as usize];
+        if owner_shard(self.alert_shards, sub.home, shards) != Some(self.shard) {
+            return;
+        }
+        let meets = meets
+            || sub.discs.iter().any(|d| {
+                self.covers.inside9().contains(&d.center9)
+                    || d.center().is_some_and(|c| self.prepared.disc_intersects(c, f64::from(d.grown_m) + F32_SLACK_M))
+            })
+            || sub.shapes.iter().any(|&s| self.shape_meets(s));
+        if meets {
+            self.out.push(Match {
+                tenant: Arc::clone(&self.inner.tenants[usize::from(sub.tenant)]),
+                subscriber_id: Arc::clone(&sub.id),
+            });
+        }
+    }
+}
+
+/// The shape with these cells, created when new, with `member` added.
+fn intern_shape(inner: &mut Inner, cells: Arc<[CellIndex]>, member: u32) -> u32 {
+    if let Some(&s) = inner.shape_ids.get(&cells) {
+        if let Some(shape) = inner.shapes[s as usize].as_mut() {
+            shape.members.push(member);
+        }
+        return s;
+    }
+    let mut shape = Shape::new(Arc::clone(&cells));
+    shape.members.push(member);
+    let s = inner.free_shapes.pop().unwrap_or_else(|| {
+        inner.shapes.push(None);
+        (inner.shapes.len() - 1) as u32
+    });
+    for (level, cell) in shape.buckets() {
+        inner.shape_levels[level].entry(cell).or_default().push(s);
+    }
+    inner.shapes[s as usize] = Some(shape);
+    inner.shape_ids.insert(cells, s);
+    s
+}
+
+fn remove_from(bucket: &mut HashMap<u64, Vec<u32>>, cell: u64, id: u32) {
+    if let Some(v) = bucket.get_mut(&cell) {
+        if let Some(pos) = v.iter().position(|&e| e == id) {
+            v.swap_remove(pos);
+        }
+        if v.is_empty() {
+            bucket.remove(&cell);
+        }
+    }
+}
+
+/// Removes a subscriber's bucket entries and shape memberships (not its slot).
 fn remove_entries(inner: &mut Inner, id: u32) {
     let Some(old) = inner.subs[id as usize].as_ref() else { return };
-    let old_buckets: Vec<(usize, CellIndex, bool)> = old.places.iter().flat_map(buckets).collect();
-    for (level, cell, _) in old_buckets {
-        let key = u64::from(cell);
-        if let Some(v) = inner.levels[level].get_mut(&key) {
-            let before = v.len();
-            v.retain(|&e| e & !ANCHOR != id);
-            inner.level_entries[level] -= before - v.len();
-            if v.is_empty() {
-                inner.levels[level].remove(&key);
+    let buckets: Vec<(usize, u64)> = old.discs.iter().map(Disc::bucket).collect();
+    let shapes = old.shapes.clone();
+    for (level, cell) in buckets {
+        remove_from(&mut inner.levels[level], cell, id);
+    }
+    for s in shapes.iter() {
+        let Some(shape) = inner.shapes[*s as usize].as_mut() else { continue };
+        if let Some(pos) = shape.members.iter().position(|&m| m == id) {
+            shape.members.swap_remove(pos);
+        }
+        if shape.members.is_empty() {
+            if let Some(shape) = inner.shapes[*s as usize].take() {
+                for (level, cell) in shape.buckets() {
+                    remove_from(&mut inner.shape_levels[level], cell, *s);
+                }
+                inner.shape_ids.remove(&shape.cells);
+                inner.free_shapes.push(*s);
             }
         }
     }

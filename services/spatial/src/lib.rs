@@ -4,7 +4,7 @@
 //! It must never narrow an area: a cover that would exceed the cell budget is rejected
 //! (dead-lettered with a reason), not truncated.
 
-use hexcast_core::cells::{CoverError, GeoConfig, ShardMap, area_cells};
+use hexcast_core::cells::{CoverError, GeoConfig, ShardMap, area_cells, cover_size_bound};
 use hexcast_core::{Alert, IndexedAlert, ReasonCode, Stage, StageCtx};
 
 /// Why an alert could not be indexed.
@@ -42,8 +42,13 @@ impl Spatial {
     /// The records for one alert, one per shard touched, in shard order. The records carry
     /// the territories touched; matchers cover the area themselves at their bucket levels.
     pub fn index(&self, alert: Alert) -> Result<Vec<IndexedAlert>, SpatialError> {
-        // Refuse what the matchers could not cover at their finest bucket level.
-        let finest = area_cells(&alert.target, h3o::Resolution::Nine, self.geo.max_cover_cells)?.len();
+        // Refuse what the matchers could not cover at their finest bucket level; the cover
+        // itself is computed only when the cheap bound does not settle it.
+        let nine = h3o::Resolution::Nine;
+        let finest = match cover_size_bound(&alert.target, nine) {
+            Some(bound) if bound <= self.geo.max_cover_cells as u64 => bound as usize,
+            _ => area_cells(&alert.target, nine, self.geo.max_cover_cells)?.len(),
+        };
         let mut cells: Vec<h3o::CellIndex> =
             area_cells(&alert.target, self.geo.territory_resolution, self.geo.max_cover_cells.max(finest))?
                 .into_iter()

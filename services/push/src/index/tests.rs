@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use geo::Contains as _;
 use h3o::Resolution;
-use hexcast_core::cells::ShardMap;
+use hexcast_core::cells::{ShardMap, area_cells};
 use hexcast_core::{Area, Category};
 use proptest::prelude::*;
 
@@ -191,4 +191,108 @@ fn filters_are_applied() {
     index.upsert(s);
     let a = alert(Area::circle(center, 500.0).expect("valid"));
     assert!(index.matches(&a, 0, &[0]).expect("match").is_empty());
+}
+
+#[test]
+fn shared_shapes_are_stored_once_and_outlive_each_member() {
+    let center = LatLng::new(47.6, -122.33).expect("valid");
+    let index = SubscriberIndex::new(ShardMap { territory_res: Resolution::Three, shards: 1 });
+    let hood = polygon(center, &[800.0, 900.0, 700.0, 850.0, 750.0]);
+    let cells: Vec<CellIndex> =
+        area_cells(&hood, Resolution::Ten, 100_000).expect("cover").into_iter().map(|(c, _)| c).collect();
+    let with_places = |id: &str, places: Vec<Place>| Subscription {
+        tenant: "t".into(),
+        subscriber_id: id.into(),
+        places,
+        filter: SubscriptionFilter::default(),
+        shards: vec![],
+        updated_at: Timestamp(0),
+    };
+    let point = Place::Disc { cell: center.destination(0.0, 5_000.0).cell(PRECISION), radius_m: 0.0 };
+    index.upsert(with_places("a", vec![Place::Cells(cells.clone())]));
+    index.upsert(with_places("b", vec![point.clone(), Place::Cells(cells.iter().rev().copied().collect())]));
+    let one_shape = index.memory_bytes();
+    assert_eq!(index.read().shapes.iter().flatten().count(), 1, "identical cell sets share one shape");
+    let near = alert(Area::circle(center.destination(90.0, 1_000.0), 300.0).expect("valid"));
+    let ids = |a: &Alert| -> BTreeSet<String> {
+        index.matches(a, 0, &[0]).expect("match").into_iter().map(|m| m.subscriber_id.to_string()).collect()
+    };
+    assert_eq!(ids(&near), BTreeSet::from(["a".to_owned(), "b".to_owned()]));
+    // Read-back keeps the order of places; cells come back sorted.
+    let b = index.get("t/b").expect("stored");
+    assert!(matches!(b.places[0], Place::Disc { .. }) && matches!(b.places[1], Place::Cells(_)));
+    assert!(index.remove("t/a"));
+    assert_eq!(ids(&near), BTreeSet::from(["b".to_owned()]));
+    // b's point still matches an alert far from the shape.
+    let at_point = alert(Area::circle(center.destination(0.0, 5_000.0), 100.0).expect("valid"));
+    assert_eq!(ids(&at_point), BTreeSet::from(["b".to_owned()]));
+    assert!(index.remove("t/b"));
+    assert!(ids(&near).is_empty());
+    assert_eq!(index.read().shapes.iter().flatten().count(), 0, "the last member frees the shape");
+    assert!(index.read().shape_levels.iter().all(HashMap::is_empty));
+    assert!(index.read().levels.iter().all(HashMap::is_empty));
+    assert!(one_shape > 0 && index.is_empty());
+}
+
+#[test]
+fn stored_shards_are_trusted_only_when_they_fit_the_shard_map() {
+    let center = LatLng::new(40.0, -75.0).expect("valid");
+    let map = ShardMap { territory_res: Resolution::Three, shards: 4 };
+    let index = SubscriberIndex::new(map);
+    let (home, computed) = shards_of(&sub(1, center, 100.0).places, &map);
+    assert_eq!(home, home_shard(&sub(1, center, 100.0).places, &map));
+    let mut s = sub(1, center, 100.0);
+    s.shards = vec![home, 99];
+    index.upsert(s);
+    assert_eq!(index.shards("t/1"), Some(computed.clone()), "a shard past the map is recomputed");
+    let mut s = sub(2, center, 100.0);
+    s.shards = computed.clone();
+    index.upsert(s);
+    assert_eq!(index.shards("t/2"), Some(computed));
+    assert_eq!(index.len(), 2);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Shapes (shared cell sets) are judged once per alert with shortcuts; the result must
+    /// equal the exact predicate on every member.
+    #[test]
+    fn shape_matches_equal_an_exact_scan(
+        region in 0..REGIONS.len(),
+        hoods in proptest::collection::vec((0.0f64..360.0, 0.0f64..6_000.0, 200.0f64..1_500.0), 1..6),
+        members in proptest::collection::vec(0usize..6, 1..40),
+        radius in 100.0f64..6_000.0,
+        is_polygon in any::<bool>(),
+        radii in proptest::collection::vec(500.0f64..5_000.0, 5..9),
+    ) {
+        let center = LatLng::new(REGIONS[region].0, REGIONS[region].1).expect("valid");
+        let index = SubscriberIndex::new(ShardMap { territory_res: Resolution::Three, shards: 1 });
+        let shapes: Vec<Vec<CellIndex>> = hoods.iter().map(|(b, d, r)| {
+            let hood = Area::circle(center.destination(*b, *d), *r).expect("valid");
+            area_cells(&hood, Resolution::Ten, 100_000).expect("cover").into_iter().map(|(c, _)| c).collect()
+        }).collect();
+        let mut placed = Vec::new();
+        for (i, m) in members.iter().enumerate() {
+            let shape = &shapes[m % shapes.len()];
+            index.upsert(Subscription {
+                tenant: "t".into(),
+                subscriber_id: i.to_string(),
+                places: vec![Place::Cells(shape.clone())],
+                filter: SubscriptionFilter::default(),
+                shards: vec![],
+                updated_at: Timestamp(0),
+            });
+            placed.push(shape);
+        }
+        let target = if is_polygon { polygon(center, &radii) } else { Area::circle(center, radius).expect("valid") };
+        let a = alert(target);
+        let got: BTreeSet<usize> =
+            index.matches(&a, 0, &[0]).expect("match").into_iter().map(|m| m.subscriber_id.parse().expect("id")).collect();
+        let prepared = PreparedArea::new(&a.target);
+        let scan: BTreeSet<usize> = placed.iter().enumerate()
+            .filter(|(_, cells)| cells.iter().any(|c| prepared.cell_intersects(*c)))
+            .map(|(i, _)| i).collect();
+        prop_assert_eq!(got, scan);
+    }
 }
