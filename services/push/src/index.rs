@@ -31,7 +31,9 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use h3o::{CellIndex, Resolution};
 use hashbrown::{DefaultHashBuilder, HashMap, HashSet, HashTable};
-use hexcast_core::cells::{CoverError, ShardMap, centroid, circumradius_m, disc_cells, lookup_cells, lookup_cells_grown};
+use hexcast_core::cells::{
+    CoverError, ShardMap, centroid, circumradius_m, disc_cells, lookup_cells, lookup_cells_grown,
+};
 use hexcast_core::exact::PreparedArea;
 use hexcast_core::{Alert, Area, LatLng, Place, Subscription, SubscriptionFilter, Timestamp};
 
@@ -109,8 +111,10 @@ struct Shape {
 
 impl Shape {
     fn new(cells: Arc<[CellIndex]>) -> Self {
-        let mut parents: Vec<CellIndex> =
-            cells.iter().map(|c| if c.resolution() > MAX_LEVEL { c.parent(MAX_LEVEL).unwrap_or(*c) } else { *c }).collect();
+        let mut parents: Vec<CellIndex> = cells
+            .iter()
+            .map(|c| if c.resolution() > MAX_LEVEL { c.parent(MAX_LEVEL).unwrap_or(*c) } else { *c })
+            .collect();
         parents.sort_unstable();
         parents.dedup();
         Self { cells, parents: parents.into_boxed_slice(), members: Vec::new() }
@@ -146,9 +150,10 @@ impl Shape {
             if fine && !p.grid_disk_safe(1).any(|n| near.contains(&u64::from(n))) {
                 continue;
             }
-            let children = self.cells.iter().filter(|c| {
-                if c.resolution() > MAX_LEVEL { c.parent(MAX_LEVEL) == Some(p) } else { **c == p }
-            });
+            let children = self
+                .cells
+                .iter()
+                .filter(|c| if c.resolution() > MAX_LEVEL { c.parent(MAX_LEVEL) == Some(p) } else { **c == p });
             for c in children {
                 if prepared.cell_intersects(*c) {
                     return true;
@@ -195,13 +200,15 @@ struct Inner {
     shape_levels: Vec<HashMap<u64, Vec<u32>>>,
 }
 
+type Lazy<T> = OnceLock<Result<Vec<T>, CoverError>>;
+
 /// The covers of one alert at each level, computed on first use.
 #[derive(Debug)]
 struct Covers {
     alert_id: String,
     target: Area,
-    levels: [OnceLock<Result<Vec<(CellIndex, bool)>, CoverError>>; LEVELS],
-    grown: [OnceLock<Result<Vec<CellIndex>, CoverError>>; LEVELS],
+    levels: [Lazy<(CellIndex, bool)>; LEVELS],
+    grown: [Lazy<CellIndex>; LEVELS],
     inside9: OnceLock<HashSet<u64>>,
     near9: OnceLock<HashSet<u64>>,
 }
@@ -312,7 +319,6 @@ pub fn shards_of(places: &[Place], shards: &ShardMap) -> (u32, Vec<u32>) {
     (home.unwrap_or(0), all)
 }
 
-
 /// The home shard of a subscription: the territory of its first place's center. The same
 /// as [`shards_of`]'s, without covering the places.
 pub fn home_shard(places: &[Place], shards: &ShardMap) -> u32 {
@@ -334,7 +340,7 @@ pub struct SubscriberIndex {
     covers: Mutex<VecDeque<Arc<Covers>>>,
 }
 
-fn key_of<'a>(inner: &'a Inner, id: u32) -> Option<(&'a str, &'a str)> {
+fn key_of(inner: &Inner, id: u32) -> Option<(&str, &str)> {
     let sub = inner.subs.get(id as usize)?.as_ref()?;
     Some((&inner.tenants[usize::from(sub.tenant)], &sub.id))
 }
@@ -741,14 +747,14 @@ fn remove_entries(inner: &mut Inner, id: u32) {
         if let Some(pos) = shape.members.iter().position(|&m| m == id) {
             shape.members.swap_remove(pos);
         }
-        if shape.members.is_empty() {
-            if let Some(shape) = inner.shapes[*s as usize].take() {
-                for (level, cell) in shape.buckets() {
-                    remove_from(&mut inner.shape_levels[level], cell, *s);
-                }
-                inner.shape_ids.remove(&shape.cells);
-                inner.free_shapes.push(*s);
+        if shape.members.is_empty()
+            && let Some(shape) = inner.shapes[*s as usize].take()
+        {
+            for (level, cell) in shape.buckets() {
+                remove_from(&mut inner.shape_levels[level], cell, *s);
             }
+            inner.shape_ids.remove(&shape.cells);
+            inner.free_shapes.push(*s);
         }
     }
 }
