@@ -219,16 +219,27 @@ pub fn cover_size_bound(area: &Area, res: Resolution) -> Option<u64> {
 /// Like [`disc_cells`], without the per-cell boundaries: a cell is kept when its centroid is
 /// within the radius plus the largest circumradius of the resolution, and is inside when it
 /// is within the radius by that much. A superset of [`disc_cells`] with fewer "inside"
-/// claims, at a fraction of the cost (no cell boundary is computed): what the matcher's
-/// candidate lookups and the index's bucket registrations need.
+/// claims, at a fraction of the cost (no cell boundary is computed).
 pub fn disc_cells_loose(
     center: LatLng,
     radius_m: f64,
     res: Resolution,
     max_cells: usize,
 ) -> Result<Vec<(CellIndex, bool)>, CoverError> {
+    grown_disc(center, radius_m, 0.0, res, max_cells)
+}
+
+/// The cells of [`disc_cells_loose`] for the disc grown by `grow_m`, with "inside" claimed
+/// for the disc itself.
+fn grown_disc(
+    center: LatLng,
+    radius_m: f64,
+    grow_m: f64,
+    res: Resolution,
+    max_cells: usize,
+) -> Result<Vec<(CellIndex, bool)>, CoverError> {
     let rho = max_circumradius_m(res);
-    let bound = radius_m + rho;
+    let bound = radius_m + grow_m + rho;
     let k = (bound / (0.9 * res.edge_length_m())).ceil() as u64 + 1;
     if 3 * k * (k + 1) + 1 > (max_cells as u64).saturating_mul(4).max(64) {
         return Err(CoverError::TooLarge { max: max_cells, res: u8::from(res) });
@@ -249,35 +260,38 @@ pub fn disc_cells_loose(
 
 /// Cells at `res` holding a point within one edge length (`res.edge_length_m()`) of
 /// `area`: the lookup cells of the index's disc buckets, where a disc no wider than an edge
-/// is filed under the one cell holding its center. Circles and discs use
-/// [`disc_cells_loose`]; polygons widen the boundary band of [`polygon_cells`] to two
-/// rings (two points an edge apart lie at most two cells apart). "Inside" is claimed as in
-/// [`area_cells`], for the area itself.
-pub fn lookup_cells_grown(area: &Area, res: Resolution, max_cells: usize) -> Result<Vec<CellIndex>, CoverError> {
+/// is filed under the one cell holding its center, each with whether it lies entirely
+/// inside the area itself (then every disc filed under it meets the area). Circles and discs
+/// use [`disc_cells_loose`]; polygons widen the boundary band of [`polygon_cells`] to two
+/// rings (two points an edge apart lie at most two cells apart).
+pub fn lookup_cells_grown(
+    area: &Area,
+    res: Resolution,
+    max_cells: usize,
+) -> Result<Vec<(CellIndex, bool)>, CoverError> {
     let grow = res.edge_length_m();
-    let cells = match area {
-        Area::Point(p) => disc_cells_loose(*p, grow, res, max_cells)?,
-        Area::Circle { center, radius_m } => disc_cells_loose(*center, radius_m + grow, res, max_cells)?,
+    match area {
+        Area::Point(p) => grown_disc(*p, 0.0, grow, res, max_cells),
+        Area::Circle { center, radius_m } => grown_disc(*center, *radius_m, grow, res, max_cells),
         Area::CellDisc { cell, radius_m } => {
-            disc_cells_loose(centroid(*cell), radius_m + circumradius_m(*cell) + grow, res, max_cells)?
+            grown_disc(centroid(*cell), radius_m + circumradius_m(*cell), grow, res, max_cells)
         }
-        Area::Polygon(p) => polygon_cells_banded(std::slice::from_ref(p), res, max_cells, 2)?,
-        Area::MultiPolygon(m) => polygon_cells_banded(&m.0, res, max_cells, 2)?,
+        Area::Polygon(p) => polygon_cells_banded(std::slice::from_ref(p), res, max_cells, 2),
+        Area::MultiPolygon(m) => polygon_cells_banded(&m.0, res, max_cells, 2),
         Area::Cells(cells) => {
             let mut out = Vec::new();
             for &c in cells {
                 let r = circumradius_m(c) + grow;
-                out.extend(disc_cells_loose(centroid(c), r, res, max_cells)?);
+                out.extend(disc_cells_loose(centroid(c), r, res, max_cells)?.into_iter().map(|(c, _)| (c, false)));
                 if out.len() > max_cells {
                     return Err(CoverError::TooLarge { max: max_cells, res: u8::from(res) });
                 }
             }
             out.sort_unstable_by_key(|(c, _)| *c);
             out.dedup_by_key(|(c, _)| *c);
-            out
+            Ok(out)
         }
-    };
-    Ok(cells.into_iter().map(|(c, _)| c).collect())
+    }
 }
 
 /// [`area_cells`] for lookups: circles and discs use [`disc_cells_loose`].

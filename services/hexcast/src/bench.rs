@@ -35,6 +35,10 @@ pub struct MatchBenchArgs {
     /// Random seed.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Only these query kinds (comma-separated: circle_400m, circle_1600m, circle_10km,
+    /// city_wide_polygon); all when empty.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// Folder of neighborhood GeoJSON files.
     #[arg(long, default_value = "../shared/data/geofence/click_that_hood")]
     pub geofence: PathBuf,
@@ -278,7 +282,11 @@ pub fn run_match(args: &MatchBenchArgs) -> anyhow::Result<serde_json::Value> {
         index.upsert(s);
     }
     let update_per_s = n_updates as f64 / t.elapsed().as_secs_f64();
-    let qs = queries(&cities, args.queries, args.seed)?;
+    let mut qs = queries(&cities, args.queries, args.seed)?;
+    if !args.only.is_empty() {
+        qs.retain(|(name, _)| args.only.iter().any(|o| o == name));
+        anyhow::ensure!(!qs.is_empty(), "--only matched no query kind");
+    }
     let mut per_query = serde_json::Map::new();
     for (name, q) in &qs {
         progress(name);

@@ -57,45 +57,52 @@ pub struct Match {
     pub subscriber_id: Arc<str>,
 }
 
-/// A disc place, with what refinement needs precomputed: its cell's centroid, its radius
-/// grown by the cell's circumradius, and the resolution-9 cell holding the centroid.
+/// A disc place as stored: its cell and radius.
 #[derive(Debug, Clone, Copy)]
 struct Disc {
     cell: CellIndex,
     radius_m: f32,
-    lat: f32,
-    lng: f32,
-    grown_m: f32,
-    center9: u64,
 }
 
 impl Disc {
-    fn new(cell: CellIndex, radius_m: f32) -> Self {
-        let c = centroid(cell);
-        Self {
-            cell,
-            radius_m,
+    /// The bucket entry of this disc of subscriber `id`.
+    fn entry(&self, id: u32) -> Entry {
+        let c = centroid(self.cell);
+        Entry {
+            id,
             lat: c.lat() as f32,
             lng: c.lng() as f32,
-            grown_m: radius_m + circumradius_m(cell) as f32 + 0.5,
-            center9: u64::from(c.cell(MAX_LEVEL)),
+            reach_m: self.radius_m + circumradius_m(self.cell) as f32 + 0.5 + F32_SLACK_M as f32,
         }
     }
+}
 
+/// A bucket entry: a disc's owner and, inline, the disc itself (its cell's centroid and
+/// its radius grown by the cell's circumradius). Candidates are judged from the bucket's
+/// contiguous memory; only those whose disc meets the alert touch their subscriber.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    id: u32,
+    lat: f32,
+    lng: f32,
+    reach_m: f32,
+}
+
+impl Entry {
     fn center(&self) -> Option<LatLng> {
         LatLng::new(f64::from(self.lat), f64::from(self.lng)).ok()
     }
 
-    /// Bucket: the finest level whose edge is at least the disc's radius, and the one cell
+    /// Bucket: the finest level whose edge is at least the disc's reach, and the one cell
     /// there that holds the disc's center. Matching looks a disc up in the cells within an
     /// edge of the alert ([`lookup_cells_grown`]), so a disc is filed once, whatever its size.
     fn bucket(&self) -> (usize, u64) {
-        let r = f64::from(self.grown_m) + F32_SLACK_M;
+        let r = f64::from(self.reach_m);
         let mut level = MAX_LEVEL;
         while u8::from(level) > 0 && level.edge_length_m() < r {
             level = Resolution::try_from(u8::from(level) - 1).unwrap_or(Resolution::Zero);
         }
-        let cell = self.center().map_or(u64::from(self.cell), |c| u64::from(c.cell(level)));
+        let cell = self.center().map_or(0, |c| u64::from(c.cell(level)));
         (usize::from(u8::from(level)), cell)
     }
 }
@@ -194,8 +201,8 @@ struct Inner {
     shapes: Vec<Option<Shape>>,
     free_shapes: Vec<u32>,
     shape_ids: HashMap<Arc<[CellIndex]>, u32>,
-    /// Per level: bucket cell -> disc owners (subscriber ids).
-    levels: Vec<HashMap<u64, Vec<u32>>>,
+    /// Per level: bucket cell -> discs.
+    levels: Vec<HashMap<u64, Vec<Entry>>>,
     /// Per level: bucket cell -> shapes.
     shape_levels: Vec<HashMap<u64, Vec<u32>>>,
 }
@@ -208,7 +215,7 @@ struct Covers {
     alert_id: String,
     target: Area,
     levels: [Lazy<(CellIndex, bool)>; LEVELS],
-    grown: [Lazy<CellIndex>; LEVELS],
+    grown: [Lazy<(CellIndex, bool)>; LEVELS],
     inside9: OnceLock<HashSet<u64>>,
     near9: OnceLock<HashSet<u64>>,
 }
@@ -233,7 +240,7 @@ impl Covers {
         }
     }
 
-    fn grown(&self, level: usize) -> Result<&[CellIndex], CoverError> {
+    fn grown(&self, level: usize) -> Result<&[(CellIndex, bool)], CoverError> {
         let res = Resolution::try_from(level as u8).unwrap_or(MAX_LEVEL);
         match self.grown[level].get_or_init(|| lookup_cells_grown(&self.target, res, MAX_LOOKUP_CELLS)) {
             Ok(cells) => Ok(cells),
@@ -446,7 +453,7 @@ impl SubscriberIndex {
         let mut shape_mask = 0u64;
         for (i, p) in sub.places.into_iter().enumerate() {
             match p {
-                Place::Disc { cell, radius_m } => discs.push(Disc::new(cell, radius_m)),
+                Place::Disc { cell, radius_m } => discs.push(Disc { cell, radius_m }),
                 Place::Cells(mut cells) => {
                     cells.sort_unstable();
                     cells.dedup();
@@ -457,7 +464,9 @@ impl SubscriberIndex {
                 }
             }
         }
-        let disc_buckets: Vec<(usize, u64)> = discs.iter().map(Disc::bucket).collect();
+        // Entries get their id under the lock; their geometry is computed here.
+        let mut entries: Vec<Entry> = discs.iter().map(|d| d.entry(0)).collect();
+        let disc_buckets: Vec<(usize, u64)> = entries.iter().map(Entry::bucket).collect();
         let hash = self.hash_key(&sub.tenant, &sub.subscriber_id);
 
         let mut guard = self.write();
@@ -510,8 +519,9 @@ impl SubscriberIndex {
             }
         };
         let shapes: Vec<u32> = cell_sets.into_iter().map(|cells| intern_shape(inner, cells, id)).collect();
-        for (level, cell) in disc_buckets {
-            inner.levels[level].entry(cell).or_default().push(id);
+        for (e, (level, cell)) in entries.iter_mut().zip(disc_buckets) {
+            e.id = id;
+            inner.levels[level].entry(cell).or_default().push(*e);
         }
         inner.subs[id as usize] = Some(Sub {
             id: sub.subscriber_id.as_str().into(),
@@ -590,7 +600,7 @@ impl SubscriberIndex {
                     for &s in shapes {
                         if m.shape_meets(s) {
                             for &member in inner.shapes[s as usize].as_ref().map_or(&[][..], |s| &s.members) {
-                                m.visit(member, true);
+                                m.visit(member);
                             }
                         }
                     }
@@ -601,10 +611,12 @@ impl SubscriberIndex {
             if inner.levels[level].is_empty() {
                 continue;
             }
-            for &cell in covers.grown(level)? {
-                if let Some(ids) = inner.levels[level].get(&u64::from(cell)) {
-                    for &id in ids {
-                        m.visit(id, false);
+            for &(cell, inside) in covers.grown(level)? {
+                let Some(entries) = inner.levels[level].get(&u64::from(cell)) else { continue };
+                for e in entries {
+                    // A bucket inside the alert holds only discs whose center is inside it.
+                    if inside || m.entry_meets(e) {
+                        m.visit(e.id);
                     }
                 }
             }
@@ -635,7 +647,11 @@ impl SubscriberIndex {
         bytes += inner.shapes.capacity() * std::mem::size_of::<Option<Shape>>();
         bytes += inner.shape_ids.capacity() * (16 + 4 + 1);
         bytes += inner.shard_sets.iter().map(|s| s.len() * 8 + 16 + ALLOC).sum::<usize>();
-        for m in inner.levels.iter().chain(inner.shape_levels.iter()) {
+        for m in &inner.levels {
+            bytes += m.capacity() * (8 + std::mem::size_of::<Vec<Entry>>() + 1);
+            bytes += m.values().map(|v| v.capacity() * std::mem::size_of::<Entry>() + ALLOC).sum::<usize>();
+        }
+        for m in &inner.shape_levels {
             bytes += m.capacity() * (8 + std::mem::size_of::<Vec<u32>>() + 1);
             bytes += m.values().map(|v| v.capacity() * 4 + ALLOC).sum::<usize>();
         }
@@ -668,9 +684,21 @@ impl Matching<'_> {
         ok
     }
 
-    /// Judges subscriber `id` once: filter, ownership, then (unless `meets` is already
-    /// known) its places.
-    fn visit(&mut self, id: u32, meets: bool) {
+    /// Whether a disc meets the alert: its center lies in a resolution-9 cell inside a
+    /// polygon alert, or exact geometry says so.
+    fn entry_meets(&self, e: &Entry) -> bool {
+        let Some(c) = e.center() else { return false };
+        if matches!(self.alert.target, Area::Polygon(_) | Area::MultiPolygon(_))
+            && self.covers.inside9().contains(&u64::from(c.cell(MAX_LEVEL)))
+        {
+            return true;
+        }
+        self.prepared.disc_intersects(c, f64::from(e.reach_m))
+    }
+
+    /// Emits subscriber `id`, one of whose places meets the alert, once, when its filter
+    /// accepts the alert and this shard owns the pair.
+    fn visit(&mut self, id: u32) {
         let (word, bit) = (id as usize / 64, 1u64 << (id % 64));
         if self.seen[word] & bit != 0 {
             return;
@@ -686,18 +714,10 @@ impl Matching<'_> {
         if owner_shard(self.alert_shards, sub.home, shards) != Some(self.shard) {
             return;
         }
-        let meets = meets
-            || sub.discs.iter().any(|d| {
-                self.covers.inside9().contains(&d.center9)
-                    || d.center().is_some_and(|c| self.prepared.disc_intersects(c, f64::from(d.grown_m) + F32_SLACK_M))
-            })
-            || sub.shapes.iter().any(|&s| self.shape_meets(s));
-        if meets {
-            self.out.push(Match {
-                tenant: Arc::clone(&self.inner.tenants[usize::from(sub.tenant)]),
-                subscriber_id: Arc::clone(&sub.id),
-            });
-        }
+        self.out.push(Match {
+            tenant: Arc::clone(&self.inner.tenants[usize::from(sub.tenant)]),
+            subscriber_id: Arc::clone(&sub.id),
+        });
     }
 }
 
@@ -723,9 +743,9 @@ fn intern_shape(inner: &mut Inner, cells: Arc<[CellIndex]>, member: u32) -> u32 
     s
 }
 
-fn remove_from(bucket: &mut HashMap<u64, Vec<u32>>, cell: u64, id: u32) {
+fn remove_from<T>(bucket: &mut HashMap<u64, Vec<T>>, cell: u64, is: impl Fn(&T) -> bool) {
     if let Some(v) = bucket.get_mut(&cell) {
-        if let Some(pos) = v.iter().position(|&e| e == id) {
+        if let Some(pos) = v.iter().position(is) {
             v.swap_remove(pos);
         }
         if v.is_empty() {
@@ -737,10 +757,10 @@ fn remove_from(bucket: &mut HashMap<u64, Vec<u32>>, cell: u64, id: u32) {
 /// Removes a subscriber's bucket entries and shape memberships (not its slot).
 fn remove_entries(inner: &mut Inner, id: u32) {
     let Some(old) = inner.subs[id as usize].as_ref() else { return };
-    let buckets: Vec<(usize, u64)> = old.discs.iter().map(Disc::bucket).collect();
+    let buckets: Vec<(usize, u64)> = old.discs.iter().map(|d| d.entry(id).bucket()).collect();
     let shapes = old.shapes.clone();
     for (level, cell) in buckets {
-        remove_from(&mut inner.levels[level], cell, id);
+        remove_from(&mut inner.levels[level], cell, |e| e.id == id);
     }
     for s in shapes.iter() {
         let Some(shape) = inner.shapes[*s as usize].as_mut() else { continue };
@@ -751,7 +771,7 @@ fn remove_entries(inner: &mut Inner, id: u32) {
             && let Some(shape) = inner.shapes[*s as usize].take()
         {
             for (level, cell) in shape.buckets() {
-                remove_from(&mut inner.shape_levels[level], cell, *s);
+                remove_from(&mut inner.shape_levels[level], cell, |x| x == s);
             }
             inner.shape_ids.remove(&shape.cells);
             inner.free_shapes.push(*s);
