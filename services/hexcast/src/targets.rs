@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use anyhow::Context as _;
 use hexcast_core::Topic;
-use hexcast_dedup::Dedup;
+use hexcast_dedup::{Dedup, DedupConfig};
 use hexcast_ingest::Ingest;
 use hexcast_policy::{Policy, PolicyConfig};
 use hexcast_push::{PushHandle, Tokens};
@@ -165,8 +165,9 @@ pub async fn start(
                 spawn_stage(rt, Topic::Raw, move || i.clone(), s, none)?
             }
             Target::Dedup => {
-                let c = cfg.dedup.clone();
-                spawn_stage(rt, Topic::Normalized, move || Dedup::new(c.clone()), s, none)?
+                cfg.dedup.validate()?;
+                let factory = dedup_factory(rt, &cfg.dedup, s.clone());
+                spawn_stage(rt, Topic::Normalized, factory, s, none)?
             }
             Target::Policy => {
                 let p = policy.clone();
@@ -207,6 +208,55 @@ pub async fn start(
         stages.push((target, handle));
     }
     Ok(Running { stages, push, shutdown })
+}
+
+/// How long a dedup instance may take to read its changelog before it retries.
+const RESTORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The dedup stage's factory: every call (start, abandoned batch, rebalance) rebuilds the
+/// state from the `dedup.state` changelog as of the last committed transaction. The first
+/// call also fences a crashed predecessor of this instance, whose open transaction would
+/// otherwise hold the changelog's last stable offset back until it timed out; later calls
+/// must not fence, since this process's own session is then the one that would be fenced.
+/// A read that fails is retried until it succeeds or `shutdown` fires.
+pub fn dedup_factory(
+    rt: &Runtime,
+    cfg: &DedupConfig,
+    shutdown: CancellationToken,
+) -> impl FnMut() -> Dedup + Send + 'static {
+    let rt = rt.clone();
+    let cfg = cfg.clone();
+    let mut first = true;
+    move || {
+        loop {
+            if shutdown.is_cancelled() {
+                return Dedup::new(cfg.clone());
+            }
+            let restored = (|| {
+                if first {
+                    hexcast_runtime::fence_stage(&rt, "dedup")?;
+                }
+                hexcast_runtime::read_changelog(&rt, "dedup", Topic::DedupState, RESTORE_TIMEOUT)
+            })();
+            match restored {
+                Ok(records) => {
+                    first = false;
+                    let (dedup, stats) = Dedup::restore(cfg.clone(), records, (rt.clock)());
+                    tracing::info!(
+                        restored = stats.restored,
+                        expired = stats.expired,
+                        malformed = stats.malformed,
+                        "dedup state restored from its changelog"
+                    );
+                    return dedup;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "restoring dedup state failed, retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(rt.runner.retry_backoff_ms.max(100)));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
