@@ -149,7 +149,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     let policy = match &cfg.policy.file {
-        Some(path) => PolicyConfig::load(path)?,
+        Some(path) => load_policy(path)?,
         None => PolicyConfig::seed(),
     };
     let shards = cfg.topics.shards.get();
@@ -208,6 +208,16 @@ pub async fn start(
         stages.push((target, handle));
     }
     Ok(Running { stages, push, shutdown })
+}
+
+/// Reads a policy file, with region GeoJSON files read by the binary's GeoJSON reader.
+pub fn load_policy(path: &std::path::Path) -> anyhow::Result<PolicyConfig> {
+    let polygons = |p: &std::path::Path| -> Result<Vec<geo::Polygon<f64>>, String> {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+        let shapes = crate::geojson::parse(&text).map_err(|e| format!("{}: {e:#}", p.display()))?;
+        Ok(shapes.into_iter().flat_map(|s| s.polygons).collect())
+    };
+    Ok(PolicyConfig::load_with(path, &polygons)?)
 }
 
 /// How long a dedup instance may take to read its changelog before it retries.
