@@ -8,6 +8,7 @@ pub mod geojson;
 pub mod health;
 pub mod normalize;
 pub mod offline;
+pub mod offline_stages;
 pub mod targets;
 
 pub use config::Config;

@@ -1,5 +1,7 @@
 //! The binary's command-line contract: bad configuration fails at start, naming the key.
 
+mod montco;
+
 use std::process::Command;
 
 fn hexcast() -> Command {
