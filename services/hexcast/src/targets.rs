@@ -27,13 +27,20 @@ pub enum Target {
     Policy,
     /// alerts -> alerts.indexed
     Spatial,
+    /// review -> alerts, audit: the editorial hold's queue and the Review gRPC service
+    Review,
     /// alerts.indexed -> notifications, and the gRPC service
     Push,
 }
 
 impl Target {
-    /// Every target, in pipeline order.
+    /// Every pipeline target, in pipeline order (`--target all`). The review target is
+    /// named on its own: it needs reviewers' tokens and runs once per cluster.
     pub const ALL: [Target; 5] = [Target::Ingest, Target::Dedup, Target::Policy, Target::Spatial, Target::Push];
+
+    /// Every target `--target` accepts.
+    pub const NAMED: [Target; 6] =
+        [Target::Ingest, Target::Dedup, Target::Policy, Target::Spatial, Target::Review, Target::Push];
 }
 
 impl fmt::Display for Target {
@@ -43,6 +50,7 @@ impl fmt::Display for Target {
             Target::Dedup => "dedup",
             Target::Policy => "policy",
             Target::Spatial => "spatial",
+            Target::Review => "review",
             Target::Push => "push",
         })
     }
@@ -67,8 +75,8 @@ pub fn parse_targets(s: &str) -> anyhow::Result<Vec<Target>> {
 impl FromStr for Target {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
-        Target::ALL.into_iter().find(|t| t.to_string() == s).ok_or_else(|| {
-            anyhow::anyhow!("--target: unknown target `{s}` (expected all or ingest,dedup,policy,spatial,push)")
+        Target::NAMED.into_iter().find(|t| t.to_string() == s).ok_or_else(|| {
+            anyhow::anyhow!("--target: unknown target `{s}` (expected all or ingest,dedup,policy,spatial,push,review)")
         })
     }
 }
@@ -80,6 +88,8 @@ pub struct Running {
     pub stages: Vec<(Target, StageHandle)>,
     /// The push service, when running.
     pub push: Option<PushHandle>,
+    /// The review service, when running.
+    pub review: Option<hexcast_review::ReviewHandle>,
     /// Stops every target.
     pub shutdown: CancellationToken,
 }
@@ -95,7 +105,12 @@ impl Running {
     pub async fn wait_assigned(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let stages = self.stages.iter().map(|(_, h)| h).chain(self.push.as_ref().map(|p| &p.matcher));
+            let stages = self
+                .stages
+                .iter()
+                .map(|(_, h)| h)
+                .chain(self.push.as_ref().map(|p| &p.matcher))
+                .chain(self.review.as_ref().map(|r| &r.queue));
             if stages.into_iter().all(|h| h.stats.assigned_partitions.load(std::sync::atomic::Ordering::SeqCst) > 0) {
                 return Ok(());
             }
@@ -120,6 +135,14 @@ impl Running {
             let server = push.server;
             waits.push(
                 async move { ("push gRPC".to_owned(), server.await.unwrap_or_else(|e| Err(anyhow::anyhow!(e)))) }
+                    .boxed(),
+            );
+        }
+        if let Some(review) = self.review {
+            waits.push(async move { ("review".to_owned(), review.queue.join().await) }.boxed());
+            let server = review.server;
+            waits.push(
+                async move { ("review gRPC".to_owned(), server.await.unwrap_or_else(|e| Err(anyhow::anyhow!(e)))) }
                     .boxed(),
             );
         }
@@ -148,6 +171,24 @@ pub async fn start(
     listener: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
+    start_with_review(cfg, rt, targets, tokens, listener, None, shutdown).await
+}
+
+/// [`start`], with the review target's tokens (overriding `review.tokens_file`) and
+/// listener given (tests).
+pub async fn start_with_review(
+    cfg: &Config,
+    rt: &Runtime,
+    targets: &[Target],
+    tokens: Option<Tokens>,
+    listener: Option<tokio::net::TcpListener>,
+    review_service: Option<(Tokens, tokio::net::TcpListener)>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let (review_tokens, mut review_listener) = match review_service {
+        Some((t, l)) => (Some(t), Some(l)),
+        None => (None, None),
+    };
     let policy = match &cfg.policy.file {
         Some(path) => load_policy(path)?,
         None => PolicyConfig::seed(),
@@ -156,6 +197,7 @@ pub async fn start(
     let ingest = Ingest::new(&cfg.ingest).context("config section [ingest]")?;
     let mut stages = Vec::new();
     let mut push = None;
+    let mut review = None;
     for &target in targets {
         let s = shutdown.child_token();
         let none = FaultInjection::default();
@@ -176,6 +218,23 @@ pub async fn start(
             Target::Spatial => {
                 let geo = cfg.geo;
                 spawn_stage(rt, Topic::Alerts, move || Spatial::new(geo, shards), s, none)?
+            }
+            Target::Review => {
+                let tokens = match (&review_tokens, &cfg.review.tokens_file) {
+                    (Some(t), _) => t.clone(),
+                    (None, Some(path)) => Tokens::load(path).context("config key `review.tokens_file`")?,
+                    (None, None) => anyhow::bail!("config key `review.tokens_file`: required for target review"),
+                };
+                let listener = match review_listener.take() {
+                    Some(l) => l,
+                    None => tokio::net::TcpListener::bind(cfg.review.listen)
+                        .await
+                        .with_context(|| format!("binding review.listen {}", cfg.review.listen))?,
+                };
+                review = Some(
+                    hexcast_review::start(rt, &cfg.review, cfg.topics.partitions.get(), tokens, listener, s).await?,
+                );
+                continue;
             }
             Target::Push => {
                 let tokens = match (&tokens, &cfg.push.tokens_file) {
@@ -207,7 +266,7 @@ pub async fn start(
         };
         stages.push((target, handle));
     }
-    Ok(Running { stages, push, shutdown })
+    Ok(Running { stages, push, review, shutdown })
 }
 
 /// Reads a policy file, with region GeoJSON files read by the binary's GeoJSON reader.

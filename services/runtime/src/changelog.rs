@@ -34,6 +34,9 @@ impl ConsumerContext for ReaderContext {}
 /// One changelog record: key and value, `None` for a tombstone.
 pub type ChangelogRecord = (Vec<u8>, Option<Vec<u8>>);
 
+/// A changelog record with its partition: `(partition, key, value)`.
+pub type PartitionedRecord = (i32, Vec<u8>, Option<Vec<u8>>);
+
 /// Fences any previous incarnation of `stage` on this instance (a crashed process whose
 /// transaction is still open) by initializing a producer with the stage's transactional
 /// id. Until that transaction is aborted, a read_committed reader cannot get past it, so a
@@ -62,6 +65,16 @@ pub fn read_changelog(
     topic: Topic,
     timeout: Duration,
 ) -> anyhow::Result<Vec<ChangelogRecord>> {
+    Ok(read_changelog_partitioned(rt, stage, topic, timeout)?.into_iter().map(|(_, k, v)| (k, v)).collect())
+}
+
+/// [`read_changelog`] with each record's partition: `(partition, key, value)`.
+pub fn read_changelog_partitioned(
+    rt: &Runtime,
+    stage: &str,
+    topic: Topic,
+    timeout: Duration,
+) -> anyhow::Result<Vec<PartitionedRecord>> {
     let name = rt.names.name(topic).to_owned();
     let consumer: BaseConsumer<ReaderContext> = rt
         .consumer_config()
@@ -101,7 +114,7 @@ pub fn read_changelog(
             None => {}
             Some(Ok(m)) => {
                 at_end.remove(&m.partition());
-                records.push((m.key().unwrap_or_default().to_vec(), m.payload().map(<[u8]>::to_vec)));
+                records.push((m.partition(), m.key().unwrap_or_default().to_vec(), m.payload().map(<[u8]>::to_vec)));
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 at_end.insert(p);

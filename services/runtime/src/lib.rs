@@ -12,7 +12,7 @@ pub mod telemetry;
 pub mod topics;
 
 pub use broker::EmbeddedBroker;
-pub use changelog::{ChangelogRecord, fence_stage, read_changelog};
+pub use changelog::{ChangelogRecord, PartitionedRecord, fence_stage, read_changelog, read_changelog_partitioned};
 pub use config::{Delivery, KafkaConfig, MetricsConfig, RunnerConfig, TopicsConfig};
 pub use runner::{Clock, FaultInjection, Runtime, StageHandle, group_id, spawn_stage, system_clock, transactional_id};
 pub use telemetry::StageStats;

@@ -63,7 +63,7 @@ pub fn specs(names: &TopicNames, cfg: &TopicsConfig) -> Vec<TopicSpec> {
             TopicSpec {
                 name: names.name(t).to_owned(),
                 partitions: if sharded { cfg.shards.get() } else { cfg.partitions.get() } as i32,
-                compacted: matches!(t, Topic::Subscriptions | Topic::DedupState),
+                compacted: matches!(t, Topic::Subscriptions | Topic::DedupState | Topic::Review),
                 retention_ms: if sensitive { cfg.sensitive_retention_ms } else { cfg.retention_ms },
             }
         })

@@ -4,4 +4,5 @@
 mod common;
 mod dedup_restart;
 mod pipeline;
+mod review;
 mod runner_crash;
