@@ -40,6 +40,13 @@ impl Report {
 }
 
 #[derive(Debug, Clone)]
+struct GridEntry {
+    family: String,
+    occurred_at: Timestamp,
+    canonical: String,
+}
+
+#[derive(Debug, Clone)]
 struct Cluster {
     family: String,
     location: Option<LatLng>,
@@ -69,8 +76,9 @@ pub struct Dedup {
     cfg: DedupConfig,
     reports: HashMap<String, Report>,
     clusters: HashMap<String, Cluster>,
-    /// Merge candidates by cell at `grid_res`.
-    grid: HashMap<CellIndex, Vec<String>>,
+    /// Merge candidates by cell at `grid_res`: family, occurrence time and id, so most
+    /// candidates are ruled out without looking the incident up.
+    grid: HashMap<CellIndex, Vec<GridEntry>>,
     grid_res: Resolution,
     last_sweep: Timestamp,
     evicted: u64,
@@ -204,7 +212,11 @@ impl Dedup {
     fn start_cluster(&mut self, canonical: &str, first: &Report) {
         let cell = first.location.map(|l| l.cell(self.grid_res));
         if let Some(c) = cell {
-            self.grid.entry(c).or_default().push(canonical.to_owned());
+            self.grid.entry(c).or_default().push(GridEntry {
+                family: first.family.clone(),
+                occurred_at: first.occurred_at,
+                canonical: canonical.to_owned(),
+            });
         }
         self.clusters.insert(
             canonical.to_owned(),
@@ -227,7 +239,7 @@ impl Dedup {
         if let Some(cell) = cluster.cell
             && let Some(ids) = self.grid.get_mut(&cell)
         {
-            ids.retain(|id| id != canonical);
+            ids.retain(|e| e.canonical != canonical);
             if ids.is_empty() {
                 self.grid.remove(&cell);
             }
@@ -284,7 +296,11 @@ impl Dedup {
         let ttl_ms = self.ttl_ms();
         let mut best: Option<(f64, &String)> = None;
         for cell in at.cell(self.grid_res).grid_disk::<Vec<_>>(GRID_RING) {
-            for id in self.grid.get(&cell).into_iter().flatten() {
+            for e in self.grid.get(&cell).into_iter().flatten() {
+                if e.family != family || (incident.occurred_at.0 - e.occurred_at.0).abs() > window_ms {
+                    continue;
+                }
+                let id = &e.canonical;
                 let Some(c) = self.clusters.get(id) else { continue };
                 let Some(loc) = c.location else { continue };
                 if c.closed

@@ -144,16 +144,21 @@ impl Stage for Policy {
             reviewer: None,
             note: String::new(),
         };
-        let target = self.target(rules, &event).and_then(|t| {
-            let coarse = match i.location {
-                Some(p) => Some(p.cell(self.cfg.coarse_resolution)),
-                None => hexcast_core::cells::cover(&t, self.cfg.coarse_resolution, 1_000_000)
-                    .ok()
-                    .and_then(|c| c.first().copied()),
-            };
-            coarse.map(|c| (t, c))
-        });
-        match (self.decide(rules, &event, ctx.now), target) {
+        // The target and coarse cell only for events that may alert: most do not.
+        let verdict = self.decide(rules, &event, ctx.now);
+        let target = match &verdict {
+            Err(_) => None,
+            Ok(_) => self.target(rules, &event).and_then(|t| {
+                let coarse = match i.location {
+                    Some(p) => Some(p.cell(self.cfg.coarse_resolution)),
+                    None => hexcast_core::cells::cover(&t, self.cfg.coarse_resolution, 1_000_000)
+                        .ok()
+                        .and_then(|c| c.first().copied()),
+                };
+                coarse.map(|c| (t, c))
+            }),
+        };
+        match (verdict, target) {
             (Err((rule, reason)), _) => {
                 decision.rule = scoped(rule);
                 decision.reason = reason;
