@@ -339,4 +339,29 @@ mod tests {
         let e = parse_targets("ingest,matcher").expect_err("unknown").to_string();
         assert!(e.contains("matcher"), "{e}");
     }
+
+    #[test]
+    fn policy_regions_read_geojson_polygons_relative_to_the_policy_file() {
+        let dir = std::env::temp_dir().join(format!("hexcast-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let geojson =
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/geofence/click_that_hood/philadelphia.geojson");
+        std::fs::copy(geojson, dir.join("philadelphia.geojson")).expect("shared data beside the repository");
+        let path = dir.join("policy.toml");
+        std::fs::write(
+            &path,
+            "allow = [\"crime\"]\n[[region]]\nname = \"philadelphia\"\ngeojson = \"philadelphia.geojson\"\nhold = [\"crime.robbery\"]\n",
+        )
+        .expect("write policy");
+        let policy = load_policy(&path).expect("valid policy");
+        let city_hall = hexcast_core::LatLng::new(39.9526, -75.1652).expect("valid");
+        let norristown = hexcast_core::LatLng::new(40.1215, -75.3399).expect("valid");
+        assert_eq!(policy.rules_at(Some(city_hall)).1, Some("philadelphia"));
+        assert_eq!(policy.rules_at(Some(norristown)).1, None);
+        std::fs::write(&path, "allow = [\"crime\"]\n[[region]]\nname = \"x\"\ngeojson = \"missing.geojson\"\n")
+            .expect("write policy");
+        let e = format!("{:#}", load_policy(&path).expect_err("missing file"));
+        assert!(e.contains("region[0].geojson"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
