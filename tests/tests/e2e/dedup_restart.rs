@@ -2,7 +2,8 @@
 //! dedup whose batch is aborted mid-run, and which then dies with a transaction open, is
 //! replaced by a new instance that rebuilds its state from the `dedup.state` changelog; over
 //! the whole run `incidents.unique` (read_committed) holds exactly one `new` per incident,
-//! however often the incident was re-sent before and after the restart.
+//! however often the incident was re-sent before and after the restart. Likewise when a
+//! second instance joins and the group rebalances.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -146,4 +147,79 @@ async fn dedup_aborted_then_restarted_emits_no_second_new() {
     // The changelog holds every incident's state under its report id.
     let keys = common::key_counts(&changelog);
     assert_eq!(keys.len(), IDS + 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_rebalanced_to_a_second_instance_emits_no_second_new() {
+    let mut cfg = common::config("dedup-rebalance");
+    cfg.topics.partitions = std::num::NonZeroU32::new(4).expect("nonzero");
+    hexcast::create_topics(&cfg).await.expect("topics");
+    let rt_a = hexcast::runtime(&cfg);
+    let mut cfg_b = cfg.clone();
+    cfg_b.kafka.instance_id = Some("it-1".into());
+    let rt_b = hexcast::runtime(&cfg_b);
+    let now_ms = (rt_a.clock)().as_millis();
+    let input = rt_a.names.name(Topic::Normalized).to_owned();
+    let out = rt_a.names.name(Topic::Unique).to_owned();
+
+    // Instance A alone sees every incident once.
+    let shutdown = CancellationToken::new();
+    let a = spawn_stage(
+        &rt_a,
+        Topic::Normalized,
+        hexcast::targets::dedup_factory(&rt_a, &cfg.dedup, shutdown.clone()),
+        shutdown.clone(),
+        FaultInjection::default(),
+    )
+    .expect("spawn a");
+    let wave1: Vec<Incident> = (0..IDS).map(|j| incident(j, 1, now_ms)).collect();
+    publish(&cfg.kafka.brokers, &input, &wave1).await;
+    let brokers = cfg.kafka.brokers.clone();
+    let topic = out.clone();
+    let first = tokio::task::spawn_blocking(move || {
+        common::read_topic(&brokers, &topic, "read_committed", IDS, Duration::from_secs(1), Duration::from_secs(120))
+    })
+    .await
+    .expect("reader");
+    assert_eq!(first.len(), IDS, "A emitted every incident once");
+
+    // Instance B joins: the group rebalances, both rebuild their state from the changelog.
+    let b = spawn_stage(
+        &rt_b,
+        Topic::Normalized,
+        hexcast::targets::dedup_factory(&rt_b, &cfg_b.dedup, shutdown.clone()),
+        shutdown.clone(),
+        FaultInjection::default(),
+    )
+    .expect("spawn b");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let assigned =
+        |h: &hexcast_runtime::StageHandle| h.stats.assigned_partitions.load(std::sync::atomic::Ordering::SeqCst);
+    while assigned(&a) == 0 || assigned(&b) == 0 || assigned(&a) + assigned(&b) != 4 {
+        assert!(std::time::Instant::now() < deadline, "no rebalance: a {} b {}", assigned(&a), assigned(&b));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Every incident again (repeats), and ten new ones.
+    let mut wave2: Vec<Incident> = (0..IDS).map(|j| incident(j, 1, now_ms)).collect();
+    wave2.extend((IDS..IDS + 10).map(|j| incident(j, 1, now_ms)));
+    publish(&cfg.kafka.brokers, &input, &wave2).await;
+    let brokers = cfg.kafka.brokers.clone();
+    let events = tokio::task::spawn_blocking(move || {
+        common::read_topic(&brokers, &out, "read_committed", IDS + 10, Duration::from_secs(5), Duration::from_secs(120))
+    })
+    .await
+    .expect("reader");
+    shutdown.cancel();
+    a.join().await.expect("a stops");
+    b.join().await.expect("b stops");
+
+    let counts = common::key_counts(&events);
+    assert_eq!(counts.len(), IDS + 10, "every incident has its new");
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "second new after the rebalance: {twice:?}");
+    for m in &events {
+        let e = pb::IncidentEvent::decode(m.payload().expect("payload")).expect("IncidentEvent");
+        assert_eq!(e.kind(), pb::EventKind::New);
+    }
 }
