@@ -156,3 +156,35 @@ fn phone_pattern_scanner_finds_phones_and_ignores_blocks_zips_and_times() {
     assert!(has_phone_pattern("2155550199"));
     assert!(!has_phone_pattern("1200 block of MAIN ST, 19401, at 21:47 UTC"));
 }
+
+#[test]
+fn offline_stages_report_bad_lines_and_bad_arguments_without_losing_good_ones() {
+    let policy_file = manifest("../../config/policy.toml");
+    let incident = r#"{"id":"pd:1","source":"pd","sourceId":"1","version":"1","category":"crime.robbery","status":"INCIDENT_STATUS_ACTIVE","occurredAtMs":"1700000000000","updatedAtMs":"1700000060000","location":{"lat":40.1,"lng":-75.3},"communityThreat":true,"sensitive":{"address":"1234 MAIN ST, NORRISTOWN, 19401","names":["Jane Roe"],"phones":["215-555-0199"]}}"#;
+    let input = format!("{incident}\nnot json\n{incident}\n");
+    let (events, summary) = stage(&["dedup"], input.as_bytes());
+    assert_eq!(events.lines().count(), 1, "one new, the repeat dropped");
+    assert!(summary.contains("\"line\":2") && summary.contains("\"invalid\":1"), "{summary}");
+
+    let decisions = std::env::temp_dir().join(format!("hexcast-decisions-{}.jsonl", std::process::id()));
+    let (alerts, summary) = stage(
+        &["policy", "--policy", &policy_file, "--now", "replay", "--decisions", decisions.to_str().expect("utf-8")],
+        events.as_bytes(),
+    );
+    let audit = std::fs::read_to_string(&decisions).expect("decisions file");
+    let _ = std::fs::remove_file(&decisions);
+    assert_eq!(alerts.lines().count(), 1, "{summary}");
+    assert!(
+        alerts.contains("1200 block of MAIN ST") && !alerts.contains("1234") && !alerts.contains("Roe"),
+        "{alerts}"
+    );
+    assert!(audit.contains("\"decision\":\"allowed\"") && audit.contains("\"rule\":\"allow_categories\""), "{audit}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_hexcast"))
+        .args(["policy", "--policy", &policy_file, "--now", "yesterday"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--now"));
+}
