@@ -14,7 +14,7 @@ pub mod time;
 
 pub use geo::{Area, GeoError, LatLng};
 pub use model::{
-    Alert, DecodeModelError, EventKind, Incident, IncidentEvent, IndexedAlert, NotificationBatch, Place,
+    Alert, DecodeModelError, EventKind, HeldAlert, Incident, IncidentEvent, IndexedAlert, NotificationBatch, Place,
     PolicyDecision, Sensitive, Subscription, SubscriptionFilter,
 };
 pub use record::{DecodeError, FromRecord, InRecord, IntoRecord, OutRecord, Topic, header};

@@ -285,8 +285,12 @@ pub struct Alert {
     pub severity: Severity,
     /// Urgency.
     pub urgency: Urgency,
-    /// Headline from a template.
+    /// Headline from a template (at most 90 characters).
     pub headline: String,
+    /// Body from a template (at most 360 characters).
+    pub body: String,
+    /// Block- or area-level place description.
+    pub place: String,
     /// Coarse location cell; its centroid is shown to users.
     pub coarse_cell: CellIndex,
     /// Area to notify.
@@ -299,6 +303,8 @@ pub struct Alert {
     pub expires_at: Option<Timestamp>,
     /// Attributes a subscriber needs to receive it; empty: public.
     pub required_attributes: Vec<String>,
+    /// Tenants whose own rules reject it.
+    pub excluded_tenants: Vec<String>,
     /// Policy rule that allowed it.
     pub rule: String,
     /// When the raw record was published.
@@ -321,12 +327,15 @@ impl Alert {
             severity: Severity::Severe,
             urgency: Urgency::Immediate,
             headline: String::new(),
+            body: String::new(),
+            place: String::new(),
             coarse_cell,
             target,
             occurred_at: Timestamp(0),
             issued_at: Timestamp(0),
             expires_at: None,
             required_attributes: Vec::new(),
+            excluded_tenants: Vec::new(),
             rule: String::new(),
             published_at: None,
         }
@@ -353,6 +362,9 @@ impl From<&Alert> for pb::Alert {
             required_attributes: a.required_attributes.clone(),
             rule: a.rule.clone(),
             published_at_ms: a.published_at.map_or(0, |t| t.0),
+            body: a.body.clone(),
+            place: a.place.clone(),
+            excluded_tenants: a.excluded_tenants.clone(),
         }
     }
 }
@@ -369,6 +381,8 @@ impl TryFrom<pb::Alert> for Alert {
             severity: enum_of("severity", p.severity)?,
             urgency: enum_of("urgency", p.urgency)?,
             headline: p.headline,
+            body: p.body,
+            place: p.place,
             coarse_cell: CellIndex::try_from(p.coarse_cell).map_err(|_| DecodeModelError::Geo {
                 field: "coarse_cell",
                 source: GeoError::InvalidCell(p.coarse_cell),
@@ -378,6 +392,7 @@ impl TryFrom<pb::Alert> for Alert {
             issued_at: Timestamp(p.issued_at_ms),
             expires_at: opt_ts(p.expires_at_ms),
             required_attributes: p.required_attributes,
+            excluded_tenants: p.excluded_tenants,
             rule: p.rule,
             published_at: opt_ts(p.published_at_ms),
         })
@@ -415,6 +430,8 @@ pub struct PolicyDecision {
     pub alert_id: Option<String>,
     /// Reviewer, for human decisions.
     pub reviewer: Option<String>,
+    /// The reviewer's own words, for human decisions.
+    pub note: String,
 }
 
 impl IntoRecord for PolicyDecision {
@@ -428,8 +445,65 @@ impl IntoRecord for PolicyDecision {
             decided_at_ms: self.decided_at.0,
             alert_id: self.alert_id.unwrap_or_default(),
             reviewer: self.reviewer.unwrap_or_default(),
+            note: self.note,
         };
         OutRecord::proto(Topic::Audit, self.incident_id, &msg, "hexcast.v1.PolicyDecision")
+    }
+}
+
+/// An alert waiting for a reviewer (the `review` topic, keyed by incident id).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldAlert {
+    /// The redacted alert, released as is when approved.
+    pub alert: Alert,
+    /// When policy held it.
+    pub held_at: Timestamp,
+    /// When the timeout rule applies.
+    pub deadline: Timestamp,
+    /// Whether the timeout releases it (else it is dropped).
+    pub release_on_timeout: bool,
+    /// The rule that held it.
+    pub rule: String,
+}
+
+impl From<&HeldAlert> for pb::HeldAlert {
+    fn from(h: &HeldAlert) -> Self {
+        pb::HeldAlert {
+            alert: Some((&h.alert).into()),
+            held_at_ms: h.held_at.0,
+            deadline_ms: h.deadline.0,
+            on_timeout: if h.release_on_timeout { "release" } else { "drop" }.to_owned(),
+            rule: h.rule.clone(),
+        }
+    }
+}
+
+impl TryFrom<pb::HeldAlert> for HeldAlert {
+    type Error = DecodeModelError;
+    fn try_from(p: pb::HeldAlert) -> Result<Self, Self::Error> {
+        let release_on_timeout = match p.on_timeout.as_str() {
+            "release" => true,
+            "drop" => false,
+            _ => return Err(DecodeModelError::Missing("on_timeout")),
+        };
+        Ok(HeldAlert {
+            alert: p.alert.ok_or(DecodeModelError::Missing("alert"))?.try_into()?,
+            held_at: Timestamp(p.held_at_ms),
+            deadline: Timestamp(p.deadline_ms),
+            release_on_timeout,
+            rule: p.rule,
+        })
+    }
+}
+
+impl IntoRecord for HeldAlert {
+    fn into_record(self) -> OutRecord {
+        OutRecord::proto(
+            Topic::Review,
+            self.alert.incident_id.clone(),
+            &pb::HeldAlert::from(&self),
+            "hexcast.v1.HeldAlert",
+        )
     }
 }
 
@@ -705,12 +779,15 @@ mod tests {
             severity: Severity::Severe,
             urgency: Urgency::Immediate,
             headline: String::new(),
+            body: String::new(),
+            place: String::new(),
             coarse_cell: c.cell(h3o::Resolution::Nine),
             target: Area::circle(c, 400.0).expect("valid"),
             occurred_at: Timestamp(0),
             issued_at: Timestamp(0),
             expires_at: None,
             required_attributes: vec!["cpr_trained".into()],
+            excluded_tenants: Vec::new(),
             rule: "r".into(),
             published_at: None,
         };

@@ -43,11 +43,13 @@ pub enum Topic {
     Subscriptions,
     /// Notification batches by tenant.
     Notifications,
+    /// Dedup's state changelog (compacted), keyed by report id.
+    DedupState,
 }
 
 impl Topic {
     /// Every topic, in pipeline order.
-    pub const ALL: [Topic; 10] = [
+    pub const ALL: [Topic; 11] = [
         Topic::Raw,
         Topic::Normalized,
         Topic::DeadLetter,
@@ -58,6 +60,7 @@ impl Topic {
         Topic::Indexed,
         Topic::Subscriptions,
         Topic::Notifications,
+        Topic::DedupState,
     ];
 
     /// The topic's base name (before any configured prefix).
@@ -73,6 +76,7 @@ impl Topic {
             Topic::Indexed => "alerts.indexed",
             Topic::Subscriptions => "subscriptions",
             Topic::Notifications => "notifications",
+            Topic::DedupState => "dedup.state",
         }
     }
 

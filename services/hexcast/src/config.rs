@@ -73,6 +73,9 @@ pub struct Config {
     /// Push service.
     #[serde(default)]
     pub push: PushConfig,
+    /// Review service (editorial hold).
+    #[serde(default)]
+    pub review: hexcast_review::ReviewConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -99,6 +102,7 @@ impl Config {
             dedup: DedupConfig::default(),
             policy: PolicySection::default(),
             push: PushConfig::default(),
+            review: hexcast_review::ReviewConfig::default(),
             log: LogConfig::default(),
             health: crate::health::HealthConfig::default(),
         }

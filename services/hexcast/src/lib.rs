@@ -8,10 +8,11 @@ pub mod geojson;
 pub mod health;
 pub mod normalize;
 pub mod offline;
+pub mod offline_stages;
 pub mod targets;
 
 pub use config::Config;
-pub use targets::{Running, Target, parse_targets, start};
+pub use targets::{Running, Target, parse_targets, start, start_with_review};
 
 use hexcast_runtime::{Runtime, TopicsConfig};
 

@@ -39,6 +39,10 @@ enum Command {
     Demo(hexcast::demo::DemoArgs),
     /// Normalize feed files offline and print canonical Incident JSON lines.
     Normalize(hexcast::normalize::NormalizeArgs),
+    /// Deduplicate Incident JSON lines (stdin) into IncidentEvent JSON lines (stdout).
+    Dedup(hexcast::offline_stages::DedupArgs),
+    /// Judge IncidentEvent JSON lines (stdin) with a policy file; print Alert JSON lines.
+    Policy(hexcast::offline_stages::PolicyArgs),
     /// Print the H3 cells covering an area (every cell that touches it).
     Cover(hexcast::offline::CoverArgs),
     /// Match subscriptions against alerts offline, with the service's index and rules.
@@ -146,6 +150,8 @@ fn main() -> ExitCode {
             }
             Command::Cover(args) => hexcast::offline::cover_cmd(args),
             Command::Normalize(args) => hexcast::normalize::run(args),
+            Command::Dedup(args) => hexcast::offline_stages::dedup_cmd(args),
+            Command::Policy(args) => hexcast::offline_stages::policy_cmd(args),
             Command::Bench { command: BenchCommand::Match(args) } => {
                 let result = hexcast::bench::run_match(&args)?;
                 #[allow(clippy::print_stdout)]

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use anyhow::Context as _;
 use hexcast_core::Topic;
-use hexcast_dedup::Dedup;
+use hexcast_dedup::{Dedup, DedupConfig};
 use hexcast_ingest::Ingest;
 use hexcast_policy::{Policy, PolicyConfig};
 use hexcast_push::{PushHandle, Tokens};
@@ -27,13 +27,20 @@ pub enum Target {
     Policy,
     /// alerts -> alerts.indexed
     Spatial,
+    /// review -> alerts, audit: the editorial hold's queue and the Review gRPC service
+    Review,
     /// alerts.indexed -> notifications, and the gRPC service
     Push,
 }
 
 impl Target {
-    /// Every target, in pipeline order.
+    /// Every pipeline target, in pipeline order (`--target all`). The review target is
+    /// named on its own: it needs reviewers' tokens and runs once per cluster.
     pub const ALL: [Target; 5] = [Target::Ingest, Target::Dedup, Target::Policy, Target::Spatial, Target::Push];
+
+    /// Every target `--target` accepts.
+    pub const NAMED: [Target; 6] =
+        [Target::Ingest, Target::Dedup, Target::Policy, Target::Spatial, Target::Review, Target::Push];
 }
 
 impl fmt::Display for Target {
@@ -43,6 +50,7 @@ impl fmt::Display for Target {
             Target::Dedup => "dedup",
             Target::Policy => "policy",
             Target::Spatial => "spatial",
+            Target::Review => "review",
             Target::Push => "push",
         })
     }
@@ -67,8 +75,8 @@ pub fn parse_targets(s: &str) -> anyhow::Result<Vec<Target>> {
 impl FromStr for Target {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
-        Target::ALL.into_iter().find(|t| t.to_string() == s).ok_or_else(|| {
-            anyhow::anyhow!("--target: unknown target `{s}` (expected all or ingest,dedup,policy,spatial,push)")
+        Target::NAMED.into_iter().find(|t| t.to_string() == s).ok_or_else(|| {
+            anyhow::anyhow!("--target: unknown target `{s}` (expected all or ingest,dedup,policy,spatial,push,review)")
         })
     }
 }
@@ -80,6 +88,8 @@ pub struct Running {
     pub stages: Vec<(Target, StageHandle)>,
     /// The push service, when running.
     pub push: Option<PushHandle>,
+    /// The review service, when running.
+    pub review: Option<hexcast_review::ReviewHandle>,
     /// Stops every target.
     pub shutdown: CancellationToken,
 }
@@ -95,7 +105,12 @@ impl Running {
     pub async fn wait_assigned(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let stages = self.stages.iter().map(|(_, h)| h).chain(self.push.as_ref().map(|p| &p.matcher));
+            let stages = self
+                .stages
+                .iter()
+                .map(|(_, h)| h)
+                .chain(self.push.as_ref().map(|p| &p.matcher))
+                .chain(self.review.as_ref().map(|r| &r.queue));
             if stages.into_iter().all(|h| h.stats.assigned_partitions.load(std::sync::atomic::Ordering::SeqCst) > 0) {
                 return Ok(());
             }
@@ -120,6 +135,14 @@ impl Running {
             let server = push.server;
             waits.push(
                 async move { ("push gRPC".to_owned(), server.await.unwrap_or_else(|e| Err(anyhow::anyhow!(e)))) }
+                    .boxed(),
+            );
+        }
+        if let Some(review) = self.review {
+            waits.push(async move { ("review".to_owned(), review.queue.join().await) }.boxed());
+            let server = review.server;
+            waits.push(
+                async move { ("review gRPC".to_owned(), server.await.unwrap_or_else(|e| Err(anyhow::anyhow!(e)))) }
                     .boxed(),
             );
         }
@@ -148,14 +171,33 @@ pub async fn start(
     listener: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
+    start_with_review(cfg, rt, targets, tokens, listener, None, shutdown).await
+}
+
+/// [`start`], with the review target's tokens (overriding `review.tokens_file`) and
+/// listener given (tests).
+pub async fn start_with_review(
+    cfg: &Config,
+    rt: &Runtime,
+    targets: &[Target],
+    tokens: Option<Tokens>,
+    listener: Option<tokio::net::TcpListener>,
+    review_service: Option<(Tokens, tokio::net::TcpListener)>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let (review_tokens, mut review_listener) = match review_service {
+        Some((t, l)) => (Some(t), Some(l)),
+        None => (None, None),
+    };
     let policy = match &cfg.policy.file {
-        Some(path) => PolicyConfig::load(path)?,
+        Some(path) => load_policy(path)?,
         None => PolicyConfig::seed(),
     };
     let shards = cfg.topics.shards.get();
     let ingest = Ingest::new(&cfg.ingest).context("config section [ingest]")?;
     let mut stages = Vec::new();
     let mut push = None;
+    let mut review = None;
     for &target in targets {
         let s = shutdown.child_token();
         let none = FaultInjection::default();
@@ -165,8 +207,9 @@ pub async fn start(
                 spawn_stage(rt, Topic::Raw, move || i.clone(), s, none)?
             }
             Target::Dedup => {
-                let c = cfg.dedup.clone();
-                spawn_stage(rt, Topic::Normalized, move || Dedup::new(c.clone()), s, none)?
+                cfg.dedup.validate()?;
+                let factory = dedup_factory(rt, &cfg.dedup, s.clone());
+                spawn_stage(rt, Topic::Normalized, factory, s, none)?
             }
             Target::Policy => {
                 let p = policy.clone();
@@ -175,6 +218,23 @@ pub async fn start(
             Target::Spatial => {
                 let geo = cfg.geo;
                 spawn_stage(rt, Topic::Alerts, move || Spatial::new(geo, shards), s, none)?
+            }
+            Target::Review => {
+                let tokens = match (&review_tokens, &cfg.review.tokens_file) {
+                    (Some(t), _) => t.clone(),
+                    (None, Some(path)) => Tokens::load(path).context("config key `review.tokens_file`")?,
+                    (None, None) => anyhow::bail!("config key `review.tokens_file`: required for target review"),
+                };
+                let listener = match review_listener.take() {
+                    Some(l) => l,
+                    None => tokio::net::TcpListener::bind(cfg.review.listen)
+                        .await
+                        .with_context(|| format!("binding review.listen {}", cfg.review.listen))?,
+                };
+                review = Some(
+                    hexcast_review::start(rt, &cfg.review, cfg.topics.partitions.get(), tokens, listener, s).await?,
+                );
+                continue;
             }
             Target::Push => {
                 let tokens = match (&tokens, &cfg.push.tokens_file) {
@@ -206,7 +266,66 @@ pub async fn start(
         };
         stages.push((target, handle));
     }
-    Ok(Running { stages, push, shutdown })
+    Ok(Running { stages, push, review, shutdown })
+}
+
+/// Reads a policy file, with region GeoJSON files read by the binary's GeoJSON reader.
+pub fn load_policy(path: &std::path::Path) -> anyhow::Result<PolicyConfig> {
+    let polygons = |p: &std::path::Path| -> Result<Vec<geo::Polygon<f64>>, String> {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+        let shapes = crate::geojson::parse(&text).map_err(|e| format!("{}: {e:#}", p.display()))?;
+        Ok(shapes.into_iter().flat_map(|s| s.polygons).collect())
+    };
+    Ok(PolicyConfig::load_with(path, &polygons)?)
+}
+
+/// How long a dedup instance may take to read its changelog before it retries.
+const RESTORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The dedup stage's factory: every call (start, abandoned batch, rebalance) rebuilds the
+/// state from the `dedup.state` changelog as of the last committed transaction. The first
+/// call also fences a crashed predecessor of this instance, whose open transaction would
+/// otherwise hold the changelog's last stable offset back until it timed out; later calls
+/// must not fence, since this process's own session is then the one that would be fenced.
+/// A read that fails is retried until it succeeds or `shutdown` fires.
+pub fn dedup_factory(
+    rt: &Runtime,
+    cfg: &DedupConfig,
+    shutdown: CancellationToken,
+) -> impl FnMut() -> Dedup + Send + 'static {
+    let rt = rt.clone();
+    let cfg = cfg.clone();
+    let mut first = true;
+    move || {
+        loop {
+            if shutdown.is_cancelled() {
+                return Dedup::new(cfg.clone());
+            }
+            let restored = (|| {
+                if first {
+                    hexcast_runtime::fence_stage(&rt, "dedup")?;
+                }
+                hexcast_runtime::read_changelog(&rt, "dedup", Topic::DedupState, RESTORE_TIMEOUT)
+            })();
+            match restored {
+                Ok(records) => {
+                    first = false;
+                    let (dedup, stats) = Dedup::restore(cfg.clone(), records, (rt.clock)());
+                    tracing::info!(
+                        restored = stats.restored,
+                        expired = stats.expired,
+                        malformed = stats.malformed,
+                        "dedup state restored from its changelog"
+                    );
+                    return dedup;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "restoring dedup state failed, retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(rt.runner.retry_backoff_ms.max(100)));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -219,5 +338,30 @@ mod tests {
         assert_eq!(parse_targets("push, ingest").expect("list"), vec![Target::Ingest, Target::Push]);
         let e = parse_targets("ingest,matcher").expect_err("unknown").to_string();
         assert!(e.contains("matcher"), "{e}");
+    }
+
+    #[test]
+    fn policy_regions_read_geojson_polygons_relative_to_the_policy_file() {
+        let dir = std::env::temp_dir().join(format!("hexcast-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let geojson =
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/geofence/click_that_hood/philadelphia.geojson");
+        std::fs::copy(geojson, dir.join("philadelphia.geojson")).expect("shared data beside the repository");
+        let path = dir.join("policy.toml");
+        std::fs::write(
+            &path,
+            "allow = [\"crime\"]\n[[region]]\nname = \"philadelphia\"\ngeojson = \"philadelphia.geojson\"\nhold = [\"crime.robbery\"]\n",
+        )
+        .expect("write policy");
+        let policy = load_policy(&path).expect("valid policy");
+        let city_hall = hexcast_core::LatLng::new(39.9526, -75.1652).expect("valid");
+        let norristown = hexcast_core::LatLng::new(40.1215, -75.3399).expect("valid");
+        assert_eq!(policy.rules_at(Some(city_hall)).1, Some("philadelphia"));
+        assert_eq!(policy.rules_at(Some(norristown)).1, None);
+        std::fs::write(&path, "allow = [\"crime\"]\n[[region]]\nname = \"x\"\ngeojson = \"missing.geojson\"\n")
+            .expect("write policy");
+        let e = format!("{:#}", load_policy(&path).expect_err("missing file"));
+        assert!(e.contains("region[0].geojson"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

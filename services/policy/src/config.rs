@@ -1,14 +1,20 @@
-//! The policy file: which categories may alert, how old an incident may be, and how large
-//! an area each category notifies. Validated completely at start-up: a category prefix
-//! that is not in the taxonomy or a radius that is not positive fails with its key.
+//! The policy file: which categories may alert, how old an incident may be, how large an
+//! area each category notifies, who may see private incidents, what waits for a human, the
+//! text templates, and overrides of all of that per region and per tenant. Validated
+//! completely at start-up: a category prefix that is not in the taxonomy, a radius that is
+//! not positive, a template with an unknown placeholder or an unreadable region fails with
+//! its key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
-use h3o::Resolution;
+use geo::Contains as _;
+use h3o::{CellIndex, Resolution};
 use hexcast_core::taxonomy::validate_prefix;
-use hexcast_core::{Category, Severity};
+use hexcast_core::{Category, LatLng, Severity};
 use serde::Deserialize;
+
+use crate::redact::{MAX_BODY_CHARS, MAX_HEADLINE_CHARS, PLACEHOLDERS, Template, builtin_template};
 
 /// Why a policy file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +28,40 @@ pub enum PolicyConfigError {
     /// A value is invalid.
     #[error("policy key `{key}`: {message}")]
     Invalid { key: String, message: String },
+}
+
+/// Reads the polygons of a GeoJSON file (the binary supplies its GeoJSON reader, so this
+/// crate needs no JSON parser).
+pub type PolygonLoader<'a> = &'a dyn Fn(&Path) -> Result<Vec<geo::Polygon<f64>>, String>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRules {
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
+    max_age_secs: Option<u64>,
+    min_severity: Option<String>,
+    #[serde(default)]
+    radius_m: BTreeMap<String, f64>,
+    hold: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTemplate {
+    headline: String,
+    body: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegion {
+    name: String,
+    #[serde(default)]
+    cells: Vec<String>,
+    geojson: Option<String>,
+    #[serde(flatten)]
+    rules: RawRules,
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,13 +82,27 @@ struct RawPolicy {
     default_radius_m: f64,
     #[serde(default)]
     radius_m: BTreeMap<String, f64>,
+    #[serde(default)]
+    attributes: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    hold: Vec<String>,
+    #[serde(default = "default_hold_timeout_secs")]
+    hold_timeout_secs: u64,
+    #[serde(default)]
+    hold_timeout_action: Option<String>,
+    #[serde(default)]
+    templates: BTreeMap<String, RawTemplate>,
+    #[serde(default)]
+    region: Vec<RawRegion>,
+    #[serde(default)]
+    tenant: BTreeMap<String, RawRules>,
 }
 
 const fn default_max_age_secs() -> u64 {
     3600
 }
 const fn default_coarse_resolution() -> u8 {
-    9
+    8
 }
 const fn default_target_resolution() -> u8 {
     10
@@ -56,10 +110,24 @@ const fn default_target_resolution() -> u8 {
 const fn default_radius_m() -> f64 {
     800.0
 }
+const fn default_hold_timeout_secs() -> u64 {
+    900
+}
 
-/// A validated policy.
+/// What happens to a held alert nobody decided on in time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TimeoutAction {
+    /// It is never sent.
+    #[default]
+    Drop,
+    /// It is sent as if approved.
+    Release,
+}
+
+/// The rules that decide one incident: the file's top level, or a region's or tenant's
+/// version of them.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PolicyConfig {
+pub struct Rules {
     /// Category prefixes that may alert.
     pub allow: Vec<String>,
     /// Category prefixes that never alert (wins over `allow`).
@@ -68,18 +136,161 @@ pub struct PolicyConfig {
     pub max_age_secs: u64,
     /// Least severity that may alert; `Unspecified` accepts all.
     pub min_severity: Severity,
-    /// Resolution of the coarse location shown to users.
-    pub coarse_resolution: Resolution,
-    /// Resolution the target circle's center is snapped to.
-    pub target_resolution: Resolution,
     /// Radius for categories without their own.
     pub default_radius_m: f64,
     /// Radius by category prefix; the longest matching prefix wins.
     pub radius_m: BTreeMap<String, f64>,
+    /// Category prefixes whose alerts wait for a reviewer.
+    pub hold: Vec<String>,
+}
+
+impl Rules {
+    /// The notification radius for a category.
+    pub fn radius_for(&self, category: Category) -> f64 {
+        self.radius_m
+            .iter()
+            .filter(|(p, _)| category.matches_prefix(p))
+            .max_by_key(|(p, _)| p.len())
+            .map_or(self.default_radius_m, |(_, r)| *r)
+    }
+
+    /// Whether a category's alerts are held for review.
+    pub fn holds(&self, category: Category) -> bool {
+        self.hold.iter().any(|p| category.matches_prefix(p))
+    }
+}
+
+/// A region with its own rules: a set of H3 cells (any resolutions) or polygons.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Region {
+    /// Name, used in audit rules (`region:<name>`).
+    pub name: String,
+    /// Cells, by resolution.
+    pub cells: BTreeMap<u8, HashSet<CellIndex>>,
+    /// Polygons (x = longitude, y = latitude).
+    pub polygons: Vec<geo::Polygon<f64>>,
+    /// Its rules.
+    pub rules: Rules,
+}
+
+impl Region {
+    /// Whether a point is inside the region.
+    pub fn contains(&self, p: LatLng) -> bool {
+        self.cells.iter().any(|(res, set)| Resolution::try_from(*res).is_ok_and(|r| set.contains(&p.cell(r))))
+            || self.polygons.iter().any(|poly| poly.contains(&geo::Point::new(p.lng(), p.lat())))
+    }
+}
+
+/// A tenant's own narrowing of the rules: its subscribers do not receive alerts the
+/// tenant's rules reject, recorded per alert in `excluded_tenants` style audit records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantRules {
+    /// Tenant name (as in the push tokens file).
+    pub tenant: String,
+    /// Its rules.
+    pub rules: Rules,
+}
+
+/// A validated policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyConfig {
+    /// The rules outside every region.
+    pub rules: Rules,
+    /// Resolution of the coarse location shown to users.
+    pub coarse_resolution: Resolution,
+    /// Resolution the target circle's center is snapped to.
+    pub target_resolution: Resolution,
+    /// Attributes a subscriber needs for an incident that does not threaten the community
+    /// at large, by category prefix (longest wins); categories without any do not alert.
+    pub attributes: BTreeMap<String, Vec<String>>,
+    /// How long a held alert waits for a reviewer.
+    pub hold_timeout_secs: u64,
+    /// What happens then.
+    pub hold_timeout_action: TimeoutAction,
+    /// Text templates by category prefix (longest wins); built-ins per family otherwise.
+    pub templates: BTreeMap<String, Template>,
+    /// Regions, first match wins.
+    pub regions: Vec<Region>,
+    /// Tenant overrides.
+    pub tenants: Vec<TenantRules>,
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> PolicyConfigError {
     PolicyConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+fn severity(key: &str, s: Option<&str>) -> Result<Severity, PolicyConfigError> {
+    match s {
+        None | Some("unspecified") => Ok(Severity::Unspecified),
+        Some(s) => Severity::from_str_name(&format!("SEVERITY_{}", s.to_ascii_uppercase()))
+            .ok_or_else(|| invalid(key, format!("`{s}` is not minor|moderate|severe|extreme"))),
+    }
+}
+
+fn prefixes(key: &str, list: &[String]) -> Result<(), PolicyConfigError> {
+    for p in list {
+        validate_prefix(p).map_err(|e| invalid(key, e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn radius(key: String, r: f64) -> Result<(), PolicyConfigError> {
+    if r.is_finite() && r > 0.0 && r <= 50_000.0 {
+        Ok(())
+    } else {
+        Err(invalid(key, format!("{r} is not in 0 < r <= 50000")))
+    }
+}
+
+/// `base` with `raw`'s values where it has them; keys are named under `at`.
+fn rules(at: &str, raw: RawRules, base: &Rules) -> Result<Rules, PolicyConfigError> {
+    let key = |k: &str| if at.is_empty() { k.to_owned() } else { format!("{at}.{k}") };
+    let mut r = base.clone();
+    if let Some(a) = raw.allow {
+        prefixes(&key("allow"), &a)?;
+        r.allow = a;
+    }
+    if let Some(d) = raw.deny {
+        prefixes(&key("deny"), &d)?;
+        r.deny = d;
+    }
+    if let Some(h) = raw.hold {
+        prefixes(&key("hold"), &h)?;
+        r.hold = h;
+    }
+    if let Some(m) = raw.max_age_secs {
+        r.max_age_secs = m;
+    }
+    if raw.min_severity.is_some() {
+        r.min_severity = severity(&key("min_severity"), raw.min_severity.as_deref())?;
+    }
+    for (p, v) in raw.radius_m {
+        validate_prefix(&p).map_err(|e| invalid(key(&format!("radius_m.{p}")), e.to_string()))?;
+        radius(key(&format!("radius_m.{p}")), v)?;
+        r.radius_m.insert(p, v);
+    }
+    Ok(r)
+}
+
+fn template(key: &str, t: RawTemplate) -> Result<Template, PolicyConfigError> {
+    for (field, text, max) in [("headline", &t.headline, MAX_HEADLINE_CHARS), ("body", &t.body, MAX_BODY_CHARS)] {
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find('{') {
+            let ph = rest[i..].find('}').map(|j| &rest[i..=i + j]).unwrap_or(&rest[i..]);
+            if !PLACEHOLDERS.contains(&ph) {
+                return Err(invalid(
+                    format!("{key}.{field}"),
+                    format!("unknown placeholder {ph} (expected {})", PLACEHOLDERS.join(", ")),
+                ));
+            }
+            rest = &rest[i + ph.len()..];
+        }
+        let fixed = PLACEHOLDERS.iter().fold(text.clone(), |s, p| s.replace(p, ""));
+        if fixed.trim().is_empty() || fixed.chars().count() > max {
+            return Err(invalid(format!("{key}.{field}"), format!("fixed text must be 1 to {max} characters")));
+        }
+    }
+    Ok(Template { headline: t.headline, body: t.body })
 }
 
 impl PolicyConfig {
@@ -90,58 +301,154 @@ impl PolicyConfig {
         Self::parse(include_str!("../seed-policy.toml"), "seed-policy.toml").unwrap_or_else(|e| unreachable!("{e}"))
     }
 
-    /// Reads and validates a policy file.
+    /// Reads and validates a policy file whose regions are H3 cells only.
     pub fn load(path: &Path) -> Result<Self, PolicyConfigError> {
+        Self::load_with(path, &|p: &Path| Err(format!("{}: no GeoJSON reader in this build", p.display())))
+    }
+
+    /// Reads and validates a policy file; region `geojson` paths are relative to it.
+    pub fn load_with(path: &Path, polygons: PolygonLoader<'_>) -> Result<Self, PolicyConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| PolicyConfigError::Read { path: path.display().to_string(), source })?;
-        Self::parse(&text, &path.display().to_string())
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Self::parse_with(&text, &path.display().to_string(), dir, polygons)
+    }
+
+    /// Validates a policy document whose regions are H3 cells only.
+    pub fn parse(text: &str, path: &str) -> Result<Self, PolicyConfigError> {
+        Self::parse_with(text, path, Path::new("."), &|p: &Path| {
+            Err(format!("{}: no GeoJSON reader in this build", p.display()))
+        })
     }
 
     /// Validates a policy document.
-    pub fn parse(text: &str, path: &str) -> Result<Self, PolicyConfigError> {
+    pub fn parse_with(
+        text: &str,
+        path: &str,
+        dir: &Path,
+        polygons: PolygonLoader<'_>,
+    ) -> Result<Self, PolicyConfigError> {
         let raw: RawPolicy = toml::from_str(text)
             .map_err(|e| PolicyConfigError::Parse { path: path.to_owned(), message: e.message().to_owned() })?;
-        for (key, list) in [("allow", &raw.allow), ("deny", &raw.deny)] {
-            for p in list {
-                validate_prefix(p).map_err(|e| invalid(key, e.to_string()))?;
-            }
-        }
-        for (p, r) in &raw.radius_m {
-            validate_prefix(p).map_err(|e| invalid(format!("radius_m.{p}"), e.to_string()))?;
-            if !(r.is_finite() && *r > 0.0 && *r <= 50_000.0) {
-                return Err(invalid(format!("radius_m.{p}"), format!("{r} is not in 0 < r <= 50000")));
-            }
-        }
         if !(raw.default_radius_m.is_finite() && raw.default_radius_m > 0.0 && raw.default_radius_m <= 50_000.0) {
             return Err(invalid("default_radius_m", "must be in 0 < r <= 50000"));
         }
-        let min_severity = match raw.min_severity.as_deref() {
-            None | Some("unspecified") => Severity::Unspecified,
-            Some(s) => Severity::from_str_name(&format!("SEVERITY_{}", s.to_ascii_uppercase()))
-                .ok_or_else(|| invalid("min_severity", format!("`{s}` is not minor|moderate|severe|extreme")))?,
+        let empty = Rules {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            max_age_secs: raw.max_age_secs,
+            min_severity: Severity::Unspecified,
+            default_radius_m: raw.default_radius_m,
+            radius_m: BTreeMap::new(),
+            hold: Vec::new(),
         };
+        let base = rules(
+            "",
+            RawRules {
+                allow: Some(raw.allow),
+                deny: Some(raw.deny),
+                max_age_secs: None,
+                min_severity: raw.min_severity,
+                radius_m: raw.radius_m,
+                hold: Some(raw.hold),
+            },
+            &empty,
+        )?;
+        for (p, attrs) in &raw.attributes {
+            validate_prefix(p).map_err(|e| invalid(format!("attributes.{p}"), e.to_string()))?;
+            if attrs.is_empty() || attrs.iter().any(|a| a.is_empty()) {
+                return Err(invalid(format!("attributes.{p}"), "expected a non-empty list of attribute names"));
+            }
+        }
+        if raw.hold_timeout_secs == 0 {
+            return Err(invalid("hold_timeout_secs", "expected at least 1"));
+        }
+        let mut templates = BTreeMap::new();
+        for (p, t) in raw.templates {
+            validate_prefix(&p).map_err(|e| invalid(format!("templates.{p}"), e.to_string()))?;
+            templates.insert(p.clone(), template(&format!("templates.{p}"), t)?);
+        }
+        let mut regions = Vec::new();
+        for (i, r) in raw.region.into_iter().enumerate() {
+            let at = format!("region[{i}]");
+            if r.name.is_empty() {
+                return Err(invalid(format!("{at}.name"), "expected a name"));
+            }
+            let mut cells: BTreeMap<u8, HashSet<CellIndex>> = BTreeMap::new();
+            for c in &r.cells {
+                let cell: CellIndex =
+                    c.parse().map_err(|_| invalid(format!("{at}.cells"), format!("`{c}` is not an H3 cell index")))?;
+                cells.entry(u8::from(cell.resolution())).or_default().insert(cell);
+            }
+            let polys = match &r.geojson {
+                Some(file) => {
+                    let p = polygons(&dir.join(file)).map_err(|e| invalid(format!("{at}.geojson"), e))?;
+                    if p.is_empty() {
+                        return Err(invalid(format!("{at}.geojson"), format!("{file}: no polygon")));
+                    }
+                    p
+                }
+                None => Vec::new(),
+            };
+            if cells.is_empty() && polys.is_empty() {
+                return Err(invalid(at, "expected `cells` or `geojson`"));
+            }
+            let rules = rules(&at, r.rules, &base)?;
+            regions.push(Region { name: r.name, cells, polygons: polys, rules });
+        }
+        let mut tenants = Vec::new();
+        for (name, t) in raw.tenant {
+            let rules = rules(&format!("tenant.{name}"), t, &base)?;
+            tenants.push(TenantRules { tenant: name, rules });
+        }
         let res = |key: &str, v: u8| {
             Resolution::try_from(v).map_err(|_| invalid(key, format!("{v} is not an H3 resolution 0..=15")))
         };
         Ok(Self {
-            allow: raw.allow,
-            deny: raw.deny,
-            max_age_secs: raw.max_age_secs,
-            min_severity,
+            rules: base,
             coarse_resolution: res("coarse_resolution", raw.coarse_resolution)?,
             target_resolution: res("target_resolution", raw.target_resolution)?,
-            default_radius_m: raw.default_radius_m,
-            radius_m: raw.radius_m,
+            attributes: raw.attributes,
+            hold_timeout_secs: raw.hold_timeout_secs,
+            hold_timeout_action: match raw.hold_timeout_action.as_deref() {
+                None | Some("drop") => TimeoutAction::Drop,
+                Some("release") => TimeoutAction::Release,
+                Some(other) => return Err(invalid("hold_timeout_action", format!("`{other}` is not drop|release"))),
+            },
+            templates,
+            regions,
+            tenants,
         })
     }
 
-    /// The notification radius for a category.
+    /// The rules for an incident at `at` and their audit name: the first region that
+    /// contains it, else the top level.
+    pub fn rules_at(&self, at: Option<LatLng>) -> (&Rules, Option<&str>) {
+        at.and_then(|p| self.regions.iter().find(|r| r.contains(p)))
+            .map_or((&self.rules, None), |r| (&r.rules, Some(r.name.as_str())))
+    }
+
+    /// The notification radius for a category outside every region.
     pub fn radius_for(&self, category: Category) -> f64 {
-        self.radius_m
+        self.rules.radius_for(category)
+    }
+
+    /// The template of a category.
+    pub fn template_for(&self, category: Category) -> Template {
+        self.templates
             .iter()
             .filter(|(p, _)| category.matches_prefix(p))
             .max_by_key(|(p, _)| p.len())
-            .map_or(self.default_radius_m, |(_, r)| *r)
+            .map_or_else(|| builtin_template(category), |(_, t)| t.clone())
+    }
+
+    /// Attributes required for a private incident of a category; `None`: it does not alert.
+    pub fn attributes_for(&self, category: Category) -> Option<&[String]> {
+        self.attributes
+            .iter()
+            .filter(|(p, _)| category.matches_prefix(p))
+            .max_by_key(|(p, _)| p.len())
+            .map(|(_, a)| a.as_slice())
     }
 }
 
@@ -154,16 +461,48 @@ mod tests {
         let p = PolicyConfig::seed();
         assert_eq!(p.radius_for(Category::parse("medical.cardiac_arrest").expect("known")), 400.0);
         assert_eq!(p.radius_for(Category::parse("crime.shots_fired").expect("known")), 1600.0);
+        assert_eq!(p.coarse_resolution, Resolution::Eight);
     }
 
     #[test]
     fn bad_policies_name_the_key() {
-        let e = PolicyConfig::parse("allow = [\"crime.robery\"]", "p").expect_err("typo").to_string();
-        assert!(e.contains("allow") && e.contains("crime.robery"), "{e}");
-        let e =
-            PolicyConfig::parse("allow = [\"crime\"]\n[radius_m]\ncrime = -1.0", "p").expect_err("radius").to_string();
-        assert!(e.contains("radius_m.crime"), "{e}");
-        let e = PolicyConfig::parse("allow = [\"crime\"]\nmax_agesecs = 3", "p").expect_err("unknown").to_string();
-        assert!(e.contains("max_agesecs"), "{e}");
+        let cases = [
+            ("allow = [\"crime.robery\"]", "allow"),
+            ("allow = [\"crime\"]\n[radius_m]\ncrime = -1.0", "radius_m.crime"),
+            ("allow = [\"crime\"]\nmax_agesecs = 3", "max_agesecs"),
+            (
+                "allow = [\"crime\"]\n[templates.crime]\nheadline = \"{who} did it\"\nbody = \"x\"",
+                "templates.crime.headline",
+            ),
+            ("allow = [\"crime\"]\n[[region]]\nname = \"a\"\ncells = [\"zz\"]", "region[0].cells"),
+            ("allow = [\"crime\"]\n[[region]]\nname = \"a\"\ngeojson = \"a.geojson\"", "region[0].geojson"),
+            ("allow = [\"crime\"]\n[[region]]\nname = \"a\"", "region[0]"),
+            (
+                "allow = [\"crime\"]\n[[region]]\nname = \"a\"\ncells = [\"882a100d2bfffff\"]\ndeny = [\"crim\"]",
+                "region[0].deny",
+            ),
+            ("allow = [\"crime\"]\n[tenant.acme]\nmin_severity = \"loud\"", "tenant.acme.min_severity"),
+            ("allow = [\"crime\"]\nhold_timeout_action = \"later\"", "hold_timeout_action"),
+            ("allow = [\"crime\"]\n[attributes]\n\"medical.cardiac_arrest\" = []", "attributes.medical.cardiac_arrest"),
+        ];
+        for (text, key) in cases {
+            let e = PolicyConfig::parse(text, "p").expect_err(key).to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn regions_override_the_rules_inside_them() {
+        let inside = LatLng::new(40.0, -75.0).expect("valid");
+        let cell = inside.cell(Resolution::Seven);
+        let text = format!(
+            "allow = [\"crime\"]\nmax_age_secs = 60\n[[region]]\nname = \"downtown\"\ncells = [\"{cell}\"]\nmax_age_secs = 600\ndeny = [\"crime.theft\"]\n"
+        );
+        let p = PolicyConfig::parse(&text, "p").expect("valid");
+        let (r, name) = p.rules_at(Some(inside));
+        assert_eq!((r.max_age_secs, name), (600, Some("downtown")));
+        assert_eq!(r.allow, vec!["crime".to_owned()]);
+        let (r, name) = p.rules_at(Some(inside.destination(0.0, 20_000.0)));
+        assert_eq!((r.max_age_secs, name), (60, None));
     }
 }

@@ -5,13 +5,13 @@
 //! or against, is written to the audit topic with the rule that made it.
 
 mod config;
+pub mod redact;
 
-pub use config::{PolicyConfig, PolicyConfigError};
+pub use config::{PolicyConfig, PolicyConfigError, PolygonLoader, Region, Rules, TenantRules, TimeoutAction};
 
-use hexcast_core::taxonomy::CATEGORIES;
 use hexcast_core::{
-    Alert, Area, Decision, EventKind, IncidentEvent, IntoRecord, LatLng, OutRecord, PolicyDecision, ReasonCode,
-    Severity, Stage, StageCtx,
+    Alert, Area, Decision, EventKind, HeldAlert, IncidentEvent, IntoRecord, LatLng, OutRecord, PolicyDecision,
+    ReasonCode, Severity, Stage, StageCtx, Timestamp,
 };
 
 /// What policy emits.
@@ -19,6 +19,8 @@ use hexcast_core::{
 pub enum PolicyOut {
     /// An alert for the spatial stage.
     Alert(Alert),
+    /// An alert held for a reviewer (the `review` topic).
+    Held(HeldAlert),
     /// An audit record.
     Decision(PolicyDecision),
 }
@@ -27,6 +29,7 @@ impl IntoRecord for PolicyOut {
     fn into_record(self) -> OutRecord {
         match self {
             PolicyOut::Alert(a) => a.into_record(),
+            PolicyOut::Held(h) => h.into_record(),
             PolicyOut::Decision(d) => d.into_record(),
         }
     }
@@ -49,51 +52,61 @@ pub struct Policy {
     cfg: PolicyConfig,
 }
 
+/// Why an event may alert: the rule, and the attributes a subscriber needs (private
+/// incidents only).
+struct Verdict {
+    rule: &'static str,
+    attributes: Vec<String>,
+}
+
 impl Policy {
     /// A policy stage with a validated configuration.
     pub fn new(cfg: PolicyConfig) -> Self {
         Self { cfg }
     }
 
-    /// The headline for a category, from the taxonomy description: never source text.
-    fn headline(kind: EventKind, category: hexcast_core::Category) -> String {
-        let desc = CATEGORIES.iter().find(|(p, _)| *p == category.as_str()).map_or("incident", |(_, d)| d);
-        let mut chars = desc.chars();
-        let desc = chars.next().map(|c| c.to_uppercase().collect::<String>() + chars.as_str()).unwrap_or_default();
-        match kind {
-            EventKind::Update => format!("Update: {desc} reported nearby"),
-            _ => format!("{desc} reported nearby"),
-        }
+    /// The configuration.
+    pub fn config(&self) -> &PolicyConfig {
+        &self.cfg
     }
 
-    /// Decides; `Err((rule, reason))` when the event may not alert.
-    fn decide(&self, event: &IncidentEvent, ctx: &StageCtx) -> Result<&'static str, (&'static str, &'static str)> {
+    /// Decides under `rules`; `Err((rule, reason))` when the event may not alert.
+    fn decide(
+        &self,
+        rules: &Rules,
+        event: &IncidentEvent,
+        now: Timestamp,
+    ) -> Result<Verdict, (&'static str, &'static str)> {
         let i = &event.incident;
         if event.kind == EventKind::Close {
             return Err(("lifecycle", "closed"));
         }
-        if self.cfg.deny.iter().any(|p| i.category.matches_prefix(p)) {
+        if rules.deny.iter().any(|p| i.category.matches_prefix(p)) {
             return Err(("deny_categories", "category_denied"));
         }
-        if !self.cfg.allow.iter().any(|p| i.category.matches_prefix(p)) {
+        if !rules.allow.iter().any(|p| i.category.matches_prefix(p)) {
             return Err(("allow_categories", "category_not_allowed"));
         }
-        if ctx.now.millis_since(i.occurred_at) > (self.cfg.max_age_secs as i64).saturating_mul(1000) {
+        if now.millis_since(i.occurred_at) > (rules.max_age_secs as i64).saturating_mul(1000) {
             return Err(("max_age", "too_old"));
         }
-        if self.cfg.min_severity != Severity::Unspecified && i.severity < self.cfg.min_severity {
+        if rules.min_severity != Severity::Unspecified && i.severity < rules.min_severity {
             return Err(("min_severity", "below_min_severity"));
         }
         if !i.community_threat {
-            return Err(("community_at_large", "not_community_threat"));
+            // One household's emergency: only subscribers who can help, if anyone.
+            return match self.cfg.attributes_for(i.category) {
+                Some(attrs) => Ok(Verdict { rule: "community_at_large", attributes: attrs.to_vec() }),
+                None => Err(("community_at_large", "not_community_threat")),
+            };
         }
-        Ok("allow_categories")
+        Ok(Verdict { rule: "allow_categories", attributes: Vec::new() })
     }
 
     /// The area to notify, centered on the coarse cell rather than the precise point. The
     /// radius grows by the distance from the cell's centroid to the point, so everyone
     /// inside the intended circle is still covered.
-    fn target(&self, event: &IncidentEvent) -> Option<Area> {
+    fn target(&self, rules: &Rules, event: &IncidentEvent) -> Option<Area> {
         let i = &event.incident;
         if let Some(area) = i.areas.iter().find(|a| !matches!(a, Area::Point(_))) {
             return Some(area.clone());
@@ -102,7 +115,7 @@ impl Policy {
         let snap = point.cell(self.cfg.target_resolution);
         let c = h3o::LatLng::from(snap);
         let center = LatLng::new(c.lat(), c.lng()).ok()?;
-        let radius = self.cfg.radius_for(i.category) + center.distance_m(point);
+        let radius = rules.radius_for(i.category) + center.distance_m(point);
         Area::circle(center, radius.ceil()).ok()
     }
 }
@@ -118,6 +131,8 @@ impl Stage for Policy {
 
     fn process(&mut self, event: IncidentEvent, ctx: &StageCtx, out: &mut Vec<PolicyOut>) -> Result<(), PolicyError> {
         let i = &event.incident;
+        let (rules, region) = self.cfg.rules_at(i.location);
+        let scoped = |rule: &str| region.map_or_else(|| rule.to_owned(), |r| format!("region:{r}.{rule}"));
         let mut decision = PolicyDecision {
             incident_id: i.id.clone(),
             decision: Decision::Rejected,
@@ -127,48 +142,82 @@ impl Stage for Policy {
             decided_at: ctx.now,
             alert_id: None,
             reviewer: None,
+            note: String::new(),
         };
-        let target = self.target(&event).and_then(|t| {
-            let coarse = match i.location {
-                Some(p) => Some(p.cell(self.cfg.coarse_resolution)),
-                None => hexcast_core::cells::cover(&t, self.cfg.coarse_resolution, 1_000_000)
-                    .ok()
-                    .and_then(|c| c.first().copied()),
-            };
-            coarse.map(|c| (t, c))
-        });
-        match (self.decide(&event, ctx), target) {
+        // The target and coarse cell only for events that may alert: most do not.
+        let verdict = self.decide(rules, &event, ctx.now);
+        let target = match &verdict {
+            Err(_) => None,
+            Ok(_) => self.target(rules, &event).and_then(|t| {
+                let coarse = match i.location {
+                    Some(p) => Some(p.cell(self.cfg.coarse_resolution)),
+                    None => hexcast_core::cells::cover(&t, self.cfg.coarse_resolution, 1_000_000)
+                        .ok()
+                        .and_then(|c| c.first().copied()),
+                };
+                coarse.map(|c| (t, c))
+            }),
+        };
+        match (verdict, target) {
             (Err((rule, reason)), _) => {
-                decision.rule = rule.to_owned();
+                decision.rule = scoped(rule);
                 decision.reason = reason;
             }
             (Ok(_), None) => {
-                decision.rule = "target_area".to_owned();
+                decision.rule = scoped("target_area");
                 decision.reason = "no_location";
             }
-            (Ok(rule), Some((target, coarse_cell))) => {
+            (Ok(verdict), Some((target, coarse_cell))) => {
                 let alert_id = format!("{}@{}", i.id, i.version);
-                out.push(PolicyOut::Alert(Alert {
+                let place = redact::place(&i.sensitive.address, &i.sensitive.names);
+                let (headline, body) =
+                    redact::render(&self.cfg.template_for(i.category), event.kind, i.category, &place, i.occurred_at);
+                let excluded_tenants = self
+                    .cfg
+                    .tenants
+                    .iter()
+                    .filter(|t| self.decide(&t.rules, &event, ctx.now).is_err())
+                    .map(|t| t.tenant.clone())
+                    .collect();
+                let alert = Alert {
                     alert_id: alert_id.clone(),
                     incident_id: i.id.clone(),
                     kind: event.kind,
                     category: i.category,
                     severity: i.severity,
                     urgency: i.urgency,
-                    headline: Self::headline(event.kind, i.category),
+                    headline,
+                    body,
+                    place,
                     coarse_cell,
                     target,
                     occurred_at: i.occurred_at,
                     issued_at: ctx.now,
                     expires_at: i.expires_at,
-                    required_attributes: Vec::new(),
-                    rule: rule.to_owned(),
+                    required_attributes: verdict.attributes,
+                    excluded_tenants,
+                    rule: scoped(verdict.rule),
                     published_at: i.published_at,
-                }));
-                decision.decision = Decision::Allowed;
-                decision.rule = rule.to_owned();
-                decision.reason = "allowed";
+                };
                 decision.alert_id = Some(alert_id);
+                if rules.holds(i.category) {
+                    let timeout_ms = (self.cfg.hold_timeout_secs as i64).saturating_mul(1000);
+                    decision.decision = Decision::Held;
+                    decision.rule = scoped("hold");
+                    decision.reason = "held_for_review";
+                    out.push(PolicyOut::Held(HeldAlert {
+                        alert,
+                        held_at: ctx.now,
+                        deadline: Timestamp(ctx.now.0.saturating_add(timeout_ms)),
+                        release_on_timeout: self.cfg.hold_timeout_action == TimeoutAction::Release,
+                        rule: scoped("hold"),
+                    }));
+                } else {
+                    decision.decision = Decision::Allowed;
+                    decision.rule = scoped(verdict.rule);
+                    decision.reason = "allowed";
+                    out.push(PolicyOut::Alert(alert));
+                }
             }
         }
         out.push(PolicyOut::Decision(decision));
@@ -234,7 +283,8 @@ mod tests {
         for (cat, age, reason) in [
             ("crime.assault", 0, "category_denied"),
             ("public.death_investigation", 0, "category_denied"),
-            ("traffic.collision", 0, "category_not_allowed"),
+            ("weather.storm", 0, "category_not_allowed"),
+            ("traffic.collision", 0, "category_denied"),
             ("crime.robbery", 3_601_000, "too_old"),
         ] {
             let out = run(event(cat, age));
@@ -253,13 +303,133 @@ mod tests {
         let OutRecord { payload, .. } = alert.clone().into_record();
         let bytes = payload.expect("payload");
         let text = String::from_utf8_lossy(&bytes);
-        for secret in ["Jane", "215-555", "diabetic", "ELM", "fled"] {
+        for secret in ["Jane", "215-555", "diabetic", "12 ELM", "fled"] {
             assert!(!text.contains(secret), "{secret} leaked");
         }
+        assert_eq!(alert.place, "0 block of ELM ST");
         let Area::Circle { center, radius_m } = alert.target else { panic!("circle") };
         let point = LatLng::new(40.123_456, -75.345_678).expect("valid");
         assert!(center != point, "precise point leaked");
         // The whole intended circle is inside the target.
         assert!(center.distance_m(point) + PolicyConfig::seed().radius_for(alert.category) <= radius_m);
+    }
+
+    fn run_with(cfg: PolicyConfig, e: IncidentEvent, now: Timestamp) -> Vec<PolicyOut> {
+        let mut out = Vec::new();
+        Policy::new(cfg).process(e, &StageCtx::at(now), &mut out).expect("total");
+        out
+    }
+
+    #[test]
+    fn held_categories_go_to_review_not_alerts() {
+        let out = run(event("crime.hostage", 0));
+        assert_eq!(out.len(), 2);
+        let PolicyOut::Held(h) = &out[0] else { panic!("expected a held alert: {out:?}") };
+        assert_eq!(h.deadline.0 - h.held_at.0, 900_000);
+        assert!(!h.release_on_timeout);
+        assert!(matches!(&out[1], PolicyOut::Decision(d) if d.decision == Decision::Held && d.rule == "hold"));
+    }
+
+    #[test]
+    fn private_cardiac_arrest_alerts_only_cpr_trained_and_other_private_calls_do_not_alert() {
+        let mut e = event("medical.cardiac_arrest", 0);
+        e.incident.community_threat = false;
+        let out = run(e);
+        let PolicyOut::Alert(a) = &out[0] else { panic!("expected an alert") };
+        assert_eq!(a.required_attributes, vec!["cpr_trained".to_owned()]);
+        let mut e = event("crime.robbery", 0);
+        e.incident.community_threat = false;
+        let out = run(e);
+        assert!(matches!(&out[..], [PolicyOut::Decision(d)] if d.reason == "not_community_threat"));
+    }
+
+    #[test]
+    fn region_and_tenant_overrides_apply_and_are_named_in_the_audit() {
+        let at = LatLng::new(40.123_456, -75.345_678).expect("valid");
+        let text = format!(
+            "allow = [\"crime\"]\n[[region]]\nname = \"north\"\ncells = [\"{}\"]\ndeny = [\"crime.robbery\"]\n[tenant.strict]\nmin_severity = \"extreme\"\n",
+            at.cell(h3o::Resolution::Six)
+        );
+        let cfg = PolicyConfig::parse(&text, "p").expect("valid");
+        let out = run_with(cfg.clone(), event("crime.robbery", 0), NOW);
+        assert!(matches!(&out[..], [PolicyOut::Decision(d)] if d.rule == "region:north.deny_categories"), "{out:?}");
+        let out = run_with(cfg, event("crime.burglary", 0), NOW);
+        let PolicyOut::Alert(a) = &out[0] else { panic!("expected an alert") };
+        assert_eq!(a.excluded_tenants, vec!["strict".to_owned()]);
+        assert_eq!(a.rule, "region:north.allow_categories");
+    }
+
+    #[test]
+    fn policy_is_deterministic() {
+        let a = run(event("crime.robbery", 1000));
+        let b = run(event("crime.robbery", 1000));
+        assert_eq!(a, b);
+    }
+
+    fn digits_of(s: &str) -> Vec<String> {
+        s.split(|c: char| !c.is_ascii_digit()).filter(|t| !t.is_empty()).map(str::to_owned).collect()
+    }
+
+    proptest::proptest! {
+        /// Whatever personal data the incident carries, the alert (every text field, the
+        /// whole encoded record) holds none of it: no name word, no phone digits, no medical
+        /// note, no house number other than as its hundred block, no raw point.
+        #[test]
+        fn redaction_never_lets_sensitive_content_through(
+            first in "[A-Z][a-z]{3,8}",
+            last in "[A-Z][a-z]{3,8}",
+            phone in "[2-9][0-9]{2}-[0-9]{3}-[0-9]{4}",
+            house in 1u32..99_999,
+            street in "(OAK|ELM|PINE|MAPLE|CEDAR) (ST|AVE|RD)",
+            note in "(diabetic|seizure|overdose|pregnant) [a-z]{4,10}",
+            lat in 39.0f64..41.0,
+            lng in -76.0f64..-74.0,
+            with_name_in_address in proptest::bool::ANY,
+        ) {
+            let mut e = event("crime.robbery", 0);
+            let point = LatLng::new(lat, lng).expect("valid");
+            e.incident.location = Some(point);
+            let name = format!("{first} {last}");
+            e.incident.sensitive = Sensitive {
+                names: vec![name.clone()],
+                phones: vec![phone.clone()],
+                medical_notes: vec![note.clone()],
+                unit_count: 7,
+                address: if with_name_in_address {
+                    format!("{house} {street} APT {phone}, {last} RESIDENCE, 19401")
+                } else {
+                    format!("{house} {street}, NORRISTOWN, 19401")
+                },
+                free_text: format!("caller {name} at {phone} reports {note}"),
+            };
+            let out = run(e);
+            let PolicyOut::Alert(alert) = &out[0] else { panic!("expected an alert") };
+            let texts = format!("{} | {} | {}", alert.headline, alert.body, alert.place);
+            let bytes = alert.clone().into_record().payload.expect("payload");
+            let raw = String::from_utf8_lossy(&bytes).into_owned();
+            for hay in [&texts, &raw] {
+                proptest::prop_assert!(!hay.contains(&first) && !hay.contains(&last), "name in {hay}");
+                proptest::prop_assert!(!hay.contains(&phone[4..]), "phone in {hay}");
+                proptest::prop_assert!(!hay.contains(&note), "note in {hay}");
+            }
+            proptest::prop_assert!(alert.headline.chars().count() <= redact::MAX_HEADLINE_CHARS);
+            proptest::prop_assert!(alert.body.chars().count() <= redact::MAX_BODY_CHARS);
+            // The only number in the text is the hundred block, the ZIP or the time.
+            let block = (house / 100 * 100).to_string();
+            for d in digits_of(&texts) {
+                proptest::prop_assert!(
+                    d != house.to_string() || d == block,
+                    "house number {house} in {texts}"
+                );
+                proptest::prop_assert!(!phone.contains(&d) || d.len() < 3 || d == block || d == "19401", "phone digits {d} in {texts}");
+            }
+            // The raw point is not in the alert: its coarse location is a resolution-8 cell.
+            let pb = hexcast_proto::v1::Alert::from(alert);
+            let c = pb.coarse_location.expect("coarse");
+            proptest::prop_assert!(c.lat != lat || c.lng != lng);
+            proptest::prop_assert_eq!(alert.coarse_cell.resolution(), h3o::Resolution::Eight);
+            let Area::Circle { center, .. } = &alert.target else { panic!("circle") };
+            proptest::prop_assert!(*center != point, "target centered on the raw point");
+        }
     }
 }

@@ -61,6 +61,10 @@ impl Stage for Matcher {
         metrics::histogram!("hexcast_push_match_seconds").record(started.elapsed().as_secs_f64());
         let mut by_tenant: BTreeMap<Arc<str>, Vec<String>> = BTreeMap::new();
         for m in matches {
+            // Policy's per-tenant overrides: that tenant's rules rejected this alert.
+            if input.alert.excluded_tenants.iter().any(|t| **t == *m.tenant) {
+                continue;
+            }
             by_tenant.entry(m.tenant).or_default().push(m.subscriber_id.to_string());
         }
         for (tenant, mut ids) in by_tenant {

@@ -4,6 +4,7 @@
 //! It must never contain stage logic: stages are plain `hexcast_core::Stage`s.
 
 pub mod broker;
+pub mod changelog;
 pub mod config;
 pub mod runner;
 pub mod shutdown;
@@ -11,7 +12,8 @@ pub mod telemetry;
 pub mod topics;
 
 pub use broker::EmbeddedBroker;
+pub use changelog::{ChangelogRecord, PartitionedRecord, fence_stage, read_changelog, read_changelog_partitioned};
 pub use config::{Delivery, KafkaConfig, MetricsConfig, RunnerConfig, TopicsConfig};
-pub use runner::{Clock, FaultInjection, Runtime, StageHandle, spawn_stage, system_clock};
+pub use runner::{Clock, FaultInjection, Runtime, StageHandle, group_id, spawn_stage, system_clock, transactional_id};
 pub use telemetry::StageStats;
 pub use topics::{TopicNames, TopicSpec, ensure_topics, specs};

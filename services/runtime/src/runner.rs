@@ -101,6 +101,9 @@ pub struct FaultInjection {
     /// Exit the runner, as a killed process would, after producing the outputs of this
     /// batch (1-based, counted from the start of the runner) but before committing.
     pub crash_before_commit_of_batch: Option<u64>,
+    /// Fail this batch (1-based) after producing its outputs, as a broker error would: the
+    /// runner aborts the transaction, rebuilds the stage from its factory and retries.
+    pub abort_batch: Option<u64>,
 }
 
 /// A running stage.
@@ -237,9 +240,20 @@ struct Session {
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The consumer group of a stage.
+pub fn group_id(rt: &Runtime, stage: &str) -> String {
+    format!("{}-{stage}", rt.kafka.group_prefix)
+}
+
+/// The transactional id of a stage's producer on this instance: a restarted instance uses
+/// the same one, which fences its predecessor and aborts its open transaction.
+pub fn transactional_id(rt: &Runtime, stage: &str) -> String {
+    format!("{}-{}", group_id(rt, stage), rt.kafka.instance())
+}
+
 impl Session {
     fn open(rt: &Runtime, stage: &'static str, input: Topic, stats: &Arc<StageStats>) -> anyhow::Result<Self> {
-        let group = format!("{}-{stage}", rt.kafka.group_prefix);
+        let group = group_id(rt, stage);
         let exactly_once = rt.kafka.delivery == Delivery::ExactlyOnce;
         let consumer: BaseConsumer<RunnerContext> = rt
             .consumer_config()
@@ -260,7 +274,7 @@ impl Session {
             // librdkafka refuses a delivery timeout longer than the transaction timeout.
             .set("message.timeout.ms", rt.kafka.transaction_timeout_ms.min(30_000).to_string());
         if exactly_once {
-            pcfg.set("transactional.id", format!("{group}-{}", rt.kafka.instance()))
+            pcfg.set("transactional.id", transactional_id(rt, stage))
                 .set("transaction.timeout.ms", rt.kafka.transaction_timeout_ms.to_string());
         }
         let producer: BaseProducer<DeliveryContext> =
@@ -336,6 +350,7 @@ impl Session {
         outputs: &[OutRecord],
         offsets: &BTreeMap<(String, i32), i64>,
         crash: bool,
+        fail: bool,
     ) -> Result<(), BatchError> {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), next) in offsets {
@@ -349,6 +364,10 @@ impl Session {
             if crash {
                 self.producer.flush(Duration::from_secs(10))?;
                 return Err(BatchError::Crash);
+            }
+            if fail {
+                self.producer.flush(Duration::from_secs(10))?;
+                return Err(BatchError::Retry(anyhow::anyhow!("injected failure before commit")));
             }
             let group = self
                 .consumer
@@ -364,6 +383,9 @@ impl Session {
             self.producer.flush(TXN_TIMEOUT)?;
             if crash {
                 return Err(BatchError::Crash);
+            }
+            if fail {
+                return Err(BatchError::Retry(anyhow::anyhow!("injected failure before commit")));
             }
             if self.producer.context().failed.load(Ordering::SeqCst) != failed_before {
                 return Err(BatchError::Retry(anyhow::anyhow!("some outputs were not delivered")));
@@ -551,7 +573,8 @@ where
             let now = (rt.clock)();
             let processed = process_batch(&mut stage, &batch, now);
             let crash = faults.crash_before_commit_of_batch == Some(batch_no);
-            match session.commit(&rt.names, &processed.outputs, &processed.offsets, crash) {
+            let fail = faults.abort_batch == Some(batch_no);
+            match session.commit(&rt.names, &processed.outputs, &processed.offsets, crash, fail) {
                 Ok(()) => record_batch(name, &stats, &batch, &processed, started),
                 Err(BatchError::Crash) => {
                     return Err(anyhow::anyhow!("injected crash before commit of batch {batch_no}"));

@@ -56,12 +56,14 @@ pub fn specs(names: &TopicNames, cfg: &TopicsConfig) -> Vec<TopicSpec> {
         .iter()
         .map(|&t| {
             let sharded = matches!(t, Topic::Indexed | Topic::Subscriptions);
-            let sensitive =
-                matches!(t, Topic::Raw | Topic::Normalized | Topic::Unique | Topic::DeadLetter | Topic::Review);
+            let sensitive = matches!(
+                t,
+                Topic::Raw | Topic::Normalized | Topic::Unique | Topic::DeadLetter | Topic::Review | Topic::DedupState
+            );
             TopicSpec {
                 name: names.name(t).to_owned(),
                 partitions: if sharded { cfg.shards.get() } else { cfg.partitions.get() } as i32,
-                compacted: t == Topic::Subscriptions,
+                compacted: matches!(t, Topic::Subscriptions | Topic::DedupState | Topic::Review),
                 retention_ms: if sensitive { cfg.sensitive_retention_ms } else { cfg.retention_ms },
             }
         })
@@ -146,6 +148,7 @@ mod tests {
         assert_eq!(get(Topic::Indexed).partitions, 8);
         assert_eq!(get(Topic::Subscriptions).partitions, 8);
         assert!(get(Topic::Subscriptions).compacted);
+        assert!(get(Topic::DedupState).compacted);
         assert_eq!(get(Topic::Raw).partitions, 3);
         assert_eq!(get(Topic::Raw).retention_ms, cfg.sensitive_retention_ms);
         assert_eq!(names.topic_of("t.alerts"), Some(Topic::Alerts));

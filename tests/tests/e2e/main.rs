@@ -2,5 +2,7 @@
 //! `scripts/test.sh`). They never fall back to a mock: without a broker they fail.
 
 mod common;
+mod dedup_restart;
 mod pipeline;
+mod review;
 mod runner_crash;

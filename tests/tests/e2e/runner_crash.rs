@@ -31,7 +31,7 @@ async fn runner_killed_mid_batch_then_restarted_emits_each_record_exactly_once()
     common::publish_raw(&cfg.kafka.brokers, rt.names.name(Topic::Raw), &raws).await;
 
     // First life: dies after producing its third batch, before the commit.
-    let crash = FaultInjection { crash_before_commit_of_batch: Some(3) };
+    let crash = FaultInjection { crash_before_commit_of_batch: Some(3), ..FaultInjection::default() };
     let first = spawn_stage(&rt, Topic::Raw, Ingest::default, CancellationToken::new(), crash).expect("spawn");
     let err = first.join().await.expect_err("the first life must crash");
     assert!(err.to_string().contains("injected crash"), "{err:#}");

@@ -1,5 +1,7 @@
 //! The binary's command-line contract: bad configuration fails at start, naming the key.
 
+mod montco;
+
 use std::process::Command;
 
 fn hexcast() -> Command {
@@ -50,4 +52,22 @@ fn push_without_tokens_fails_naming_the_key() {
     let _ = std::fs::remove_file(&path);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("push.tokens_file"));
+}
+
+#[test]
+fn review_without_tokens_fails_naming_the_key() {
+    let path = temp_config("review-tokens", "[kafka]\nbrokers = \"127.0.0.1:1\"\n[topics]\ncreate = false\n");
+    let out = hexcast().args(["run", "--config"]).arg(&path).args(["--target", "review"]).output().expect("run");
+    let _ = std::fs::remove_file(&path);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("review.tokens_file"));
+}
+
+#[test]
+fn dedup_with_an_invalid_merge_window_fails_naming_the_key() {
+    let path = temp_config("dedup-window", "[kafka]\nbrokers = \"127.0.0.1:1\"\n[dedup]\nmerge_window_secs = 0\n");
+    let out = hexcast().args(["dedup", "--config"]).arg(&path).output().expect("run");
+    let _ = std::fs::remove_file(&path);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dedup.merge_window_secs"));
 }

@@ -1,0 +1,140 @@
+//! The `Review` gRPC service. Reviewers are authenticated by bearer token (the token file
+//! maps a reviewer name to a token); a verdict is recorded by writing it to the `review`
+//! topic, in the held alert's partition, where the queue stage applies it. The service
+//! itself never writes `alerts` or `audit`.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hexcast_core::header;
+use hexcast_proto::v1 as pb;
+use hexcast_proto::v1::review_server::Review;
+use prost::Message as _;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tonic::{Request, Response, Status};
+
+use crate::queue::{PendingMap, VERDICT_SCHEMA, verdict_key};
+
+/// Most entries ListPending returns.
+const MAX_LIST: usize = 1_000;
+/// Longest reason accepted.
+const MAX_REASON: usize = 1_000;
+
+/// The Review service.
+#[derive(Clone)]
+pub struct ReviewService {
+    pending: PendingMap,
+    producer: FutureProducer,
+    topic: String,
+    /// Verdicts sent and not yet applied, so a second one is refused.
+    sent: Arc<Mutex<HashSet<String>>>,
+}
+
+impl std::fmt::Debug for ReviewService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReviewService").field("topic", &self.topic).finish()
+    }
+}
+
+impl ReviewService {
+    /// A service over the queue's pending holds, producing verdicts to `topic`.
+    pub fn new(pending: PendingMap, producer: FutureProducer, topic: String) -> Self {
+        Self { pending, producer, topic, sent: Arc::default() }
+    }
+
+    async fn decide(
+        &self,
+        req: Request<pb::ReviewDecisionRequest>,
+        approve: bool,
+    ) -> Result<Response<pb::ReviewDecisionResponse>, Status> {
+        let reviewer = hexcast_push::auth::tenant_of(&req)?;
+        let r = req.into_inner();
+        if r.incident_id.is_empty() {
+            return Err(Status::invalid_argument("incident_id: required"));
+        }
+        if r.reason.trim().is_empty() || r.reason.len() > MAX_REASON {
+            return Err(Status::invalid_argument(format!("reason: required, at most {MAX_REASON} bytes")));
+        }
+        if !r.reviewer.is_empty() && *r.reviewer != *reviewer {
+            return Err(Status::permission_denied("reviewer: must be empty or the authenticated reviewer"));
+        }
+        let partition = {
+            let pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut sent = self.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            sent.retain(|id| pending.contains_key(id));
+            match pending.get(&r.incident_id) {
+                Some(p) if sent.insert(r.incident_id.clone()) => p.partition,
+                _ => return Ok(Response::new(pb::ReviewDecisionResponse { recorded: false })),
+            }
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let verdict = pb::ReviewVerdict {
+            incident_id: r.incident_id.clone(),
+            approve,
+            reviewer: reviewer.to_string(),
+            reason: r.reason,
+            decided_at_ms: now_ms,
+        };
+        let payload = verdict.encode_to_vec();
+        let key = verdict_key(&r.incident_id);
+        let rec = FutureRecord::to(&self.topic)
+            .key(&key)
+            .payload(&payload)
+            .partition(partition)
+            .headers(OwnedHeaders::new().insert(Header { key: header::SCHEMA, value: Some(VERDICT_SCHEMA) }));
+        if let Err((e, _)) = self.producer.send(rec, Duration::from_secs(30)).await {
+            self.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&r.incident_id);
+            tracing::warn!(error = %e, "review verdict not recorded");
+            return Err(Status::unavailable("verdict not recorded, retry"));
+        }
+        tracing::info!(incident = %r.incident_id, approve, reviewer = %reviewer, "review verdict recorded");
+        Ok(Response::new(pb::ReviewDecisionResponse { recorded: true }))
+    }
+}
+
+#[tonic::async_trait]
+impl Review for ReviewService {
+    async fn list_pending(
+        &self,
+        req: Request<pb::ListPendingRequest>,
+    ) -> Result<Response<pb::ListPendingResponse>, Status> {
+        hexcast_push::auth::tenant_of(&req)?;
+        let limit = match req.into_inner().limit as usize {
+            0 => MAX_LIST,
+            n => n.min(MAX_LIST),
+        };
+        let pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut list: Vec<pb::PendingReview> = pending
+            .iter()
+            .map(|(id, p)| pb::PendingReview {
+                incident_id: id.clone(),
+                category: p.held.alert.category.as_str().to_owned(),
+                severity: p.held.alert.severity as i32,
+                held_at_ms: p.held.held_at.0,
+                deadline_ms: p.held.deadline.0,
+                headline: p.held.alert.headline.clone(),
+            })
+            .collect();
+        list.sort_by(|a, b| (a.held_at_ms, &a.incident_id).cmp(&(b.held_at_ms, &b.incident_id)));
+        list.truncate(limit);
+        Ok(Response::new(pb::ListPendingResponse { pending: list }))
+    }
+
+    async fn approve(
+        &self,
+        req: Request<pb::ReviewDecisionRequest>,
+    ) -> Result<Response<pb::ReviewDecisionResponse>, Status> {
+        self.decide(req, true).await
+    }
+
+    async fn reject(
+        &self,
+        req: Request<pb::ReviewDecisionRequest>,
+    ) -> Result<Response<pb::ReviewDecisionResponse>, Status> {
+        self.decide(req, false).await
+    }
+}
