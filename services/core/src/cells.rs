@@ -180,7 +180,8 @@ pub fn disc_cells(
     let half_edge = 0.5 * res.edge_length_m();
     let out: Vec<(CellIndex, bool)> = center
         .cell(res)
-        .grid_disk_safe(k as u32)
+        .grid_disk::<Vec<_>>(k as u32)
+        .into_iter()
         .filter_map(|c| {
             let d = center.distance_m(centroid(c));
             if d > bound {
@@ -226,30 +227,49 @@ pub fn disc_cells_loose(
     res: Resolution,
     max_cells: usize,
 ) -> Result<Vec<(CellIndex, bool)>, CoverError> {
-    grown_disc(center, radius_m, 0.0, res, max_cells)
+    Ok(grown_disc(center, radius_m, 0.0, res, max_cells)?.into_iter().map(|(c, r)| (c, r == Reach::Inside)).collect())
 }
 
-/// The cells of [`disc_cells_loose`] for the disc grown by `grow_m`, with "inside" claimed
-/// for the disc itself.
+/// How a lookup cell relates to an area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reach {
+    /// Within the growth margin only.
+    Near,
+    /// May touch the area.
+    Touches,
+    /// Lies entirely inside the area.
+    Inside,
+}
+
+/// The cells of [`disc_cells_loose`] for the disc grown by `grow_m`, each with its
+/// [`Reach`] of the disc itself.
 fn grown_disc(
     center: LatLng,
     radius_m: f64,
     grow_m: f64,
     res: Resolution,
     max_cells: usize,
-) -> Result<Vec<(CellIndex, bool)>, CoverError> {
+) -> Result<Vec<(CellIndex, Reach)>, CoverError> {
     let rho = max_circumradius_m(res);
     let bound = radius_m + grow_m + rho;
     let k = (bound / (0.9 * res.edge_length_m())).ceil() as u64 + 1;
     if 3 * k * (k + 1) + 1 > (max_cells as u64).saturating_mul(4).max(64) {
         return Err(CoverError::TooLarge { max: max_cells, res: u8::from(res) });
     }
-    let out: Vec<(CellIndex, bool)> = center
+    let out: Vec<(CellIndex, Reach)> = center
         .cell(res)
-        .grid_disk_safe(k as u32)
+        .grid_disk::<Vec<_>>(k as u32)
+        .into_iter()
         .filter_map(|c| {
             let d = center.distance_m(centroid(c));
-            (d <= bound).then_some((c, d + rho <= radius_m))
+            let reach = if d + rho <= radius_m {
+                Reach::Inside
+            } else if d <= radius_m + rho {
+                Reach::Touches
+            } else {
+                Reach::Near
+            };
+            (d <= bound).then_some((c, reach))
         })
         .collect();
     if out.len() > max_cells {
@@ -259,30 +279,35 @@ fn grown_disc(
 }
 
 /// Cells at `res` holding a point within one edge length (`res.edge_length_m()`) of
-/// `area`: the lookup cells of the index's disc buckets, where a disc no wider than an edge
-/// is filed under the one cell holding its center, each with whether it lies entirely
-/// inside the area itself (then every disc filed under it meets the area). Circles and discs
-/// use [`disc_cells_loose`]; polygons widen the boundary band of [`polygon_cells`] to two
-/// rings (two points an edge apart lie at most two cells apart).
-pub fn lookup_cells_grown(
-    area: &Area,
-    res: Resolution,
-    max_cells: usize,
-) -> Result<Vec<(CellIndex, bool)>, CoverError> {
+/// `area`, each with its [`Reach`] of the area itself: the lookup cells of the index, where a
+/// disc no wider than an edge is filed under the one cell holding its center (a bucket
+/// inside the area holds only discs that meet it) and a cell set under the cells it touches.
+/// Circles and discs scan a grid disk like [`disc_cells_loose`]; polygons widen the boundary
+/// band of [`polygon_cells`] to two rings (two points an edge apart lie at most two cells
+/// apart), and call every band cell `Touches`.
+pub fn lookup_cells(area: &Area, res: Resolution, max_cells: usize) -> Result<Vec<(CellIndex, Reach)>, CoverError> {
     let grow = res.edge_length_m();
+    let banded = |polygons: &[geo::Polygon<f64>]| -> Result<Vec<(CellIndex, Reach)>, CoverError> {
+        Ok(polygon_cells_banded(polygons, res, max_cells, 2)?
+            .into_iter()
+            .map(|(c, inside)| (c, if inside { Reach::Inside } else { Reach::Touches }))
+            .collect())
+    };
     match area {
         Area::Point(p) => grown_disc(*p, 0.0, grow, res, max_cells),
         Area::Circle { center, radius_m } => grown_disc(*center, *radius_m, grow, res, max_cells),
         Area::CellDisc { cell, radius_m } => {
             grown_disc(centroid(*cell), radius_m + circumradius_m(*cell), grow, res, max_cells)
         }
-        Area::Polygon(p) => polygon_cells_banded(std::slice::from_ref(p), res, max_cells, 2),
-        Area::MultiPolygon(m) => polygon_cells_banded(&m.0, res, max_cells, 2),
+        Area::Polygon(p) => banded(std::slice::from_ref(p)),
+        Area::MultiPolygon(m) => banded(&m.0),
         Area::Cells(cells) => {
             let mut out = Vec::new();
             for &c in cells {
                 let r = circumradius_m(c) + grow;
-                out.extend(disc_cells_loose(centroid(c), r, res, max_cells)?.into_iter().map(|(c, _)| (c, false)));
+                out.extend(
+                    disc_cells_loose(centroid(c), r, res, max_cells)?.into_iter().map(|(c, _)| (c, Reach::Touches)),
+                );
                 if out.len() > max_cells {
                     return Err(CoverError::TooLarge { max: max_cells, res: u8::from(res) });
                 }
@@ -291,18 +316,6 @@ pub fn lookup_cells_grown(
             out.dedup_by_key(|(c, _)| *c);
             Ok(out)
         }
-    }
-}
-
-/// [`area_cells`] for lookups: circles and discs use [`disc_cells_loose`].
-pub fn lookup_cells(area: &Area, res: Resolution, max_cells: usize) -> Result<Vec<(CellIndex, bool)>, CoverError> {
-    match area {
-        Area::Point(p) => disc_cells_loose(*p, 0.0, res, max_cells),
-        Area::Circle { center, radius_m } => disc_cells_loose(*center, *radius_m, res, max_cells),
-        Area::CellDisc { cell, radius_m } => {
-            disc_cells_loose(centroid(*cell), radius_m + circumradius_m(*cell), res, max_cells)
-        }
-        _ => area_cells(area, res, max_cells),
     }
 }
 
@@ -370,7 +383,7 @@ fn polygon_cells_banded(
     samples.dedup();
     let mut band: Vec<CellIndex> = Vec::with_capacity(samples.len() * 3);
     for c in samples {
-        band.extend(c.grid_disk_safe(rings));
+        band.extend(c.grid_disk::<Vec<_>>(rings));
     }
     band.sort_unstable();
     band.dedup();

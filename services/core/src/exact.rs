@@ -184,6 +184,65 @@ pub struct PreparedArea<'a> {
     area: &'a Area,
     frame: Frame,
     polygons: Vec<(Vec<Ring>, [f64; 4])>,
+    circle: Option<CircleBand>,
+}
+
+/// A circle alert with the latitude band within [`BAND_M`] of it: discs are mostly judged
+/// by planar bounds on their latitude and longitude offsets, without trigonometry; only
+/// those within half a percent of the limit take the great-circle distance.
+#[derive(Debug, Clone, Copy)]
+struct CircleBand {
+    center: LatLng,
+    radius_m: f64,
+    /// Smallest and largest cosine of latitude over the band.
+    cos_min: f64,
+    cos_max: f64,
+}
+
+/// How far beyond a circle alert the planar bounds are used.
+const BAND_M: f64 = 50_000.0;
+
+impl CircleBand {
+    fn new(center: LatLng, radius_m: f64) -> Self {
+        let half = (radius_m + BAND_M) / M_PER_DEG;
+        let (lo, hi) = (center.lat() - half, center.lat() + half);
+        let nearest_equator = if lo <= 0.0 && hi >= 0.0 { 0.0 } else { lo.abs().min(hi.abs()) };
+        let farthest = lo.abs().max(hi.abs()).min(90.0);
+        Self {
+            center,
+            radius_m,
+            cos_min: farthest.to_radians().cos().max(0.0),
+            cos_max: nearest_equator.to_radians().cos(),
+        }
+    }
+
+    /// [`disc_intersects`] for this circle.
+    fn disc_intersects(&self, p: LatLng, radius_m: f64) -> bool {
+        let limit = self.radius_m + radius_m;
+        if radius_m <= BAND_M {
+            let dlat = (p.lat() - self.center.lat()) * M_PER_DEG;
+            let mut dlng = p.lng() - self.center.lng();
+            if dlng > 180.0 {
+                dlng -= 360.0;
+            } else if dlng < -180.0 {
+                dlng += 360.0;
+            }
+            let dlng = dlng * M_PER_DEG;
+            let far = limit * (1.0 + REL_MARGIN) + ABS_MARGIN;
+            // The mid-latitude of the two points lies in the band whenever they are close
+            // enough to matter, so the planar distance lies between these two.
+            let low = dlat * dlat + (dlng * self.cos_min).powi(2);
+            if dlat.abs() > far || low > far * far {
+                return false;
+            }
+            let high = dlat * dlat + (dlng * self.cos_max).powi(2);
+            let near = limit * (1.0 - REL_MARGIN);
+            if high < near * near {
+                return true;
+            }
+        }
+        within(p.distance_m(self.center), limit)
+    }
 }
 
 fn bbox(rings: &[Ring]) -> [f64; 4] {
@@ -216,11 +275,19 @@ impl<'a> PreparedArea<'a> {
                 (rings, b)
             })
             .collect();
-        Self { area, frame, polygons }
+        let circle = match area {
+            Area::Circle { center, radius_m } => Some(CircleBand::new(*center, *radius_m)),
+            Area::Point(p) => Some(CircleBand::new(*p, 0.0)),
+            _ => None,
+        };
+        Self { area, frame, polygons, circle }
     }
 
-    /// [`disc_intersects`], faster for polygons.
+    /// [`disc_intersects`], faster for polygons and circles.
     pub fn disc_intersects(&self, center: LatLng, radius_m: f64) -> bool {
+        if let Some(c) = &self.circle {
+            return c.disc_intersects(center, radius_m);
+        }
         if self.polygons.is_empty() {
             return disc_intersects(self.area, center, radius_m);
         }
@@ -234,8 +301,19 @@ impl<'a> PreparedArea<'a> {
         })
     }
 
-    /// [`cell_intersects`], faster for polygons.
+    /// [`cell_intersects`], faster for polygons and circles.
     pub fn cell_intersects(&self, cell: CellIndex) -> bool {
+        if let Some(c) = &self.circle {
+            // The centroid decides unless it lies within a circumradius of the edge.
+            let d = centroid(cell).distance_m(c.center);
+            if d <= c.radius_m {
+                return true;
+            }
+            if !within(d, c.radius_m + crate::cells::max_circumradius_m(cell.resolution())) {
+                return false;
+            }
+            return cell_intersects(self.area, cell);
+        }
         if self.polygons.is_empty() {
             return cell_intersects(self.area, cell);
         }
@@ -266,6 +344,36 @@ mod tests {
             (lng - half_deg, lat + half_deg),
         ]);
         Area::Polygon(geo::Polygon::new(ring, vec![]))
+    }
+
+    #[test]
+    fn prepared_circles_agree_with_the_exact_predicates() {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for (lat, lng) in [(40.0, -75.0), (-16.99, 179.99), (84.0, 30.0), (89.9, 0.5), (0.5, 0.5)] {
+            for r in [0.0, 400.0, 1_600.0, 10_000.0] {
+                let area = Area::circle(ll(lat, lng), r).unwrap_or(Area::Point(ll(lat, lng)));
+                let prepared = PreparedArea::new(&area);
+                for _ in 0..2_000 {
+                    let p = ll(lat, lng)
+                        .destination(rng.random_range(0.0..360.0), rng.random_range(0.0..3.0 * r + 5_000.0));
+                    let disc = rng.random_range(0.0..3_000.0);
+                    assert_eq!(prepared.disc_intersects(p, disc), disc_intersects(&area, p, disc), "{p:?} {disc}");
+                    let cell = p.cell(h3o::Resolution::Ten);
+                    if lat > 85.0 {
+                        // The planar frame of the exact check degrades within a few degrees of
+                        // the pole; the great-circle fast path does not.
+                        continue;
+                    }
+                    assert_eq!(
+                        prepared.cell_intersects(cell),
+                        cell_intersects(&area, cell),
+                        "{cell} {lat},{lng} r={r} d={}",
+                        crate::cells::centroid(cell).distance_m(ll(lat, lng))
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -31,9 +31,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use h3o::{CellIndex, Resolution};
 use hashbrown::{DefaultHashBuilder, HashMap, HashSet, HashTable};
-use hexcast_core::cells::{
-    CoverError, ShardMap, centroid, circumradius_m, disc_cells, lookup_cells, lookup_cells_grown,
-};
+use hexcast_core::cells::{CoverError, Reach, ShardMap, centroid, circumradius_m, disc_cells, lookup_cells};
 use hexcast_core::exact::PreparedArea;
 use hexcast_core::{Alert, Area, LatLng, Place, Subscription, SubscriptionFilter, Timestamp};
 
@@ -95,7 +93,7 @@ impl Entry {
 
     /// Bucket: the finest level whose edge is at least the disc's reach, and the one cell
     /// there that holds the disc's center. Matching looks a disc up in the cells within an
-    /// edge of the alert ([`lookup_cells_grown`]), so a disc is filed once, whatever its size.
+    /// edge of the alert ([`lookup_cells`]), so a disc is filed once, whatever its size.
     fn bucket(&self) -> (usize, u64) {
         let r = f64::from(self.reach_m);
         let mut level = MAX_LEVEL;
@@ -136,7 +134,7 @@ impl Shape {
             if self.cells.binary_search(&p).is_ok() {
                 out.push((usize::from(u8::from(p.resolution())), u64::from(p)));
             } else {
-                out.extend(p.grid_disk_safe(1).map(|c| (SHAPE_LEVEL, u64::from(c))));
+                out.extend(p.grid_disk::<Vec<_>>(1).into_iter().map(|c| (SHAPE_LEVEL, u64::from(c))));
             }
         }
         out.sort_unstable();
@@ -154,7 +152,7 @@ impl Shape {
             if fine && covers.inside9().contains(&u64::from(p)) {
                 return true;
             }
-            if fine && !p.grid_disk_safe(1).any(|n| near.contains(&u64::from(n))) {
+            if fine && !p.grid_disk::<Vec<_>>(1).iter().any(|n| near.contains(&u64::from(*n))) {
                 continue;
             }
             let children = self
@@ -209,13 +207,12 @@ struct Inner {
 
 type Lazy<T> = OnceLock<Result<Vec<T>, CoverError>>;
 
-/// The covers of one alert at each level, computed on first use.
+/// The lookup cells of one alert at each level, computed on first use.
 #[derive(Debug)]
 struct Covers {
     alert_id: String,
     target: Area,
-    levels: [Lazy<(CellIndex, bool)>; LEVELS],
-    grown: [Lazy<(CellIndex, bool)>; LEVELS],
+    levels: [Lazy<(CellIndex, Reach)>; LEVELS],
     inside9: OnceLock<HashSet<u64>>,
     near9: OnceLock<HashSet<u64>>,
 }
@@ -226,13 +223,12 @@ impl Covers {
             alert_id: alert.alert_id.clone(),
             target: alert.target.clone(),
             levels: std::array::from_fn(|_| OnceLock::new()),
-            grown: std::array::from_fn(|_| OnceLock::new()),
             inside9: OnceLock::new(),
             near9: OnceLock::new(),
         }
     }
 
-    fn level(&self, level: usize) -> Result<&[(CellIndex, bool)], CoverError> {
+    fn level(&self, level: usize) -> Result<&[(CellIndex, Reach)], CoverError> {
         let res = Resolution::try_from(level as u8).unwrap_or(MAX_LEVEL);
         match self.levels[level].get_or_init(|| lookup_cells(&self.target, res, MAX_LOOKUP_CELLS)) {
             Ok(cells) => Ok(cells),
@@ -240,29 +236,21 @@ impl Covers {
         }
     }
 
-    fn grown(&self, level: usize) -> Result<&[(CellIndex, bool)], CoverError> {
-        let res = Resolution::try_from(level as u8).unwrap_or(MAX_LEVEL);
-        match self.grown[level].get_or_init(|| lookup_cells_grown(&self.target, res, MAX_LOOKUP_CELLS)) {
-            Ok(cells) => Ok(cells),
-            Err(e) => Err(e.clone()),
-        }
+    fn nine(&self, least: Reach) -> HashSet<u64> {
+        self.level(SHAPE_LEVEL)
+            .map(|cells| cells.iter().filter(|(_, r)| *r >= least).map(|(c, _)| u64::from(*c)).collect())
+            .unwrap_or_default()
     }
 
     /// Resolution-9 cells entirely inside the alert (empty when the cover failed, which
     /// [`Covers::level`] reports).
     fn inside9(&self) -> &HashSet<u64> {
-        self.inside9.get_or_init(|| {
-            self.level(SHAPE_LEVEL)
-                .map(|cells| cells.iter().filter(|(_, inside)| *inside).map(|(c, _)| u64::from(*c)).collect())
-                .unwrap_or_default()
-        })
+        self.inside9.get_or_init(|| self.nine(Reach::Inside))
     }
 
-    /// Resolution-9 cells that touch the alert.
+    /// Resolution-9 cells that may touch the alert.
     fn near9(&self) -> &HashSet<u64> {
-        self.near9.get_or_init(|| {
-            self.level(SHAPE_LEVEL).map(|cells| cells.iter().map(|(c, _)| u64::from(*c)).collect()).unwrap_or_default()
-        })
+        self.near9.get_or_init(|| self.nine(Reach::Touches))
     }
 }
 
@@ -595,7 +583,10 @@ impl SubscriberIndex {
             if inner.shape_levels[level].is_empty() {
                 continue;
             }
-            for &(cell, _) in covers.level(level)? {
+            for &(cell, reach) in covers.level(level)? {
+                if reach == Reach::Near {
+                    continue;
+                }
                 if let Some(shapes) = inner.shape_levels[level].get(&u64::from(cell)) {
                     for &s in shapes {
                         if m.shape_meets(s) {
@@ -611,7 +602,8 @@ impl SubscriberIndex {
             if inner.levels[level].is_empty() {
                 continue;
             }
-            for &(cell, inside) in covers.grown(level)? {
+            for &(cell, reach) in covers.level(level)? {
+                let inside = reach == Reach::Inside;
                 let Some(entries) = inner.levels[level].get(&u64::from(cell)) else { continue };
                 for e in entries {
                     // A bucket inside the alert holds only discs whose center is inside it.
