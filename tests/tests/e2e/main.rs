@@ -3,6 +3,7 @@
 
 mod common;
 mod dedup_restart;
+mod interop;
 mod pipeline;
 mod review;
 mod runner_crash;
