@@ -5,5 +5,6 @@ mod common;
 mod dedup_restart;
 mod interop;
 mod pipeline;
+mod resume;
 mod review;
 mod runner_crash;
