@@ -109,6 +109,17 @@ fn now(rt: &Runtime) -> Timestamp {
     (rt.clock)()
 }
 
+/// A valid subscriber id (trimmed), or INVALID_ARGUMENT naming `field`. The same rule for
+/// writes and reads: `/` separates tenant and subscriber in stored keys, so it can never
+/// appear in an id (no id can reach into another tenant's key space).
+pub fn subscriber_id(field: &str, raw: &str) -> Result<String, PushError> {
+    let id = raw.trim();
+    if id.is_empty() || id.len() > MAX_SUBSCRIBER_ID_LEN || id.contains('/') {
+        return Err(PushError::invalid(field, format!("must be 1..={MAX_SUBSCRIBER_ID_LEN} characters without '/'")));
+    }
+    Ok(id.to_owned())
+}
+
 /// Turns an API subscription into the stored form: a point or circle becomes a disc around
 /// its center's cell at `geo.precision`, a polygon its cells at `geo.polygon_precision`.
 /// The raw geometry is dropped here and never reaches Kafka.
@@ -120,13 +131,7 @@ pub fn stored_subscription(
     api: pb::Subscription,
     now: Timestamp,
 ) -> Result<Subscription, PushError> {
-    let id = api.subscriber_id.trim().to_owned();
-    if id.is_empty() || id.len() > MAX_SUBSCRIBER_ID_LEN || id.contains('/') {
-        return Err(PushError::invalid(
-            "subscription.subscriber_id",
-            format!("must be 1..={MAX_SUBSCRIBER_ID_LEN} characters without '/'"),
-        ));
-    }
+    let id = subscriber_id("subscription.subscriber_id", &api.subscriber_id)?;
     if api.areas.is_empty() {
         return Err(PushError::invalid("subscription.areas", "at least one area is required"));
     }
@@ -182,10 +187,7 @@ impl Subscriptions for SubscriptionsService {
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         let tenant = tenant_of(&req)?;
-        let id = req.into_inner().subscriber_id;
-        if id.is_empty() {
-            return Err(PushError::invalid("subscriber_id", "is required").into());
-        }
+        let id = subscriber_id("subscriber_id", &req.into_inner().subscriber_id)?;
         let key = hexcast_core::model::subscription_key(&tenant, &id);
         let existing = self.0.index.shards(&key);
         let shards: Vec<u32> = match &existing {
@@ -200,7 +202,7 @@ impl Subscriptions for SubscriptionsService {
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::Subscription>, Status> {
         let tenant = tenant_of(&req)?;
-        let id = req.into_inner().subscriber_id;
+        let id = subscriber_id("subscriber_id", &req.into_inner().subscriber_id)?;
         let key = hexcast_core::model::subscription_key(&tenant, &id);
         let sub = self.0.index.get(&key).ok_or_else(|| PushError::NotFound(format!("subscriber `{id}`")))?;
         Ok(Response::new((&sub).into()))
@@ -306,6 +308,14 @@ impl Push for PushService {
                     tracing::warn!(offset = msg.offset(), "undecodable notification record skipped");
                     continue;
                 };
+                // The key already names the tenant; the payload must agree, or it is not served.
+                if batch.tenant != *tenant {
+                    tracing::warn!(
+                        offset = msg.offset(),
+                        "notification record of another tenant under this key skipped"
+                    );
+                    continue;
+                }
                 let ids = batch.subscriber_ids.get(skip..).unwrap_or_default();
                 let chunks: Vec<&[String]> = ids.chunks(max_ids).collect();
                 let last = chunks.len().saturating_sub(1);
