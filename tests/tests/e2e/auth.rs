@@ -77,7 +77,7 @@ async fn call_every_rpc(channel: &Channel, authorization: Option<&str>) -> Vec<(
         }
         Ok(req)
     };
-    let mut subs = pb::subscriptions_client::SubscriptionsClient::with_interceptor(channel.clone(), with.clone());
+    let mut subs = pb::subscriptions_client::SubscriptionsClient::with_interceptor(channel.clone(), with);
     let mut push = pb::push_client::PushClient::with_interceptor(channel.clone(), with);
     let get = pb::GetRequest { subscriber_id: "x".into() };
     let del = pb::DeleteRequest { subscriber_id: "x".into() };
