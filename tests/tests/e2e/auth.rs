@@ -19,29 +19,29 @@ use tonic::{Code, Status};
 
 use crate::common;
 
-const ALPHA: (&str, &str) = ("alpha", "alpha-token-0123456789");
+pub(crate) const ALPHA: (&str, &str) = ("alpha", "alpha-token-0123456789");
 const BETA: (&str, &str) = ("beta", "beta-token-0123456789ab");
 
-struct Server {
-    running: hexcast::Running,
-    shutdown: CancellationToken,
-    channel: Channel,
-    cfg: hexcast::Config,
-    rt: hexcast_runtime::Runtime,
+pub(crate) struct Server {
+    pub(crate) running: hexcast::Running,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) channel: Channel,
+    pub(crate) cfg: hexcast::Config,
+    pub(crate) rt: hexcast_runtime::Runtime,
 }
 
 impl Server {
-    fn push(&self) -> &PushHandle {
+    pub(crate) fn push(&self) -> &PushHandle {
         self.running.push.as_ref().expect("push running")
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.cancel();
         self.running.join().await.expect("clean shutdown");
     }
 }
 
-async fn start(name: &str) -> Server {
+pub(crate) async fn start(name: &str) -> Server {
     let mut cfg = common::config(name);
     cfg.topics.partitions = NonZeroU32::new(1).expect("nonzero");
     cfg.topics.shards = NonZeroU32::new(2).expect("nonzero");
@@ -130,7 +130,7 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn notification(tenant: &str, ids: &[&str], alert_id: &str) -> Vec<u8> {
+pub(crate) fn notification(tenant: &str, ids: &[&str], alert_id: &str) -> Vec<u8> {
     pb::NotificationBatch {
         alert: Some(pb::Alert { alert_id: alert_id.to_owned(), ..Default::default() }),
         tenant: tenant.to_owned(),
@@ -143,7 +143,10 @@ fn notification(tenant: &str, ids: &[&str], alert_id: &str) -> Vec<u8> {
 }
 
 /// Reads a stream until `n` batches arrived, then 2 s more for any extra.
-async fn drain(stream: &mut tonic::Streaming<pb::NotificationBatch>, n: usize) -> Vec<pb::NotificationBatch> {
+pub(crate) async fn drain(
+    stream: &mut tonic::Streaming<pb::NotificationBatch>,
+    n: usize,
+) -> Vec<pb::NotificationBatch> {
     let mut out = Vec::new();
     loop {
         let wait = if out.len() >= n { Duration::from_secs(2) } else { Duration::from_secs(30) };

@@ -9,3 +9,4 @@ mod pipeline;
 mod resume;
 mod review;
 mod runner_crash;
+mod streams;
