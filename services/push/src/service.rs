@@ -29,6 +29,13 @@ use crate::error::PushError;
 use crate::index::SubscriberIndex;
 use crate::matcher::tenant_partition;
 
+/// The status that ends streams at shutdown.
+pub const SHUTTING_DOWN: &str = "server shutting down: reconnect with the last cursor";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
 /// Longest accepted subscriber id.
 pub const MAX_SUBSCRIBER_ID_LEN: usize = 128;
 
@@ -52,8 +59,9 @@ pub struct PushState {
     pub max_ids_per_batch: usize,
     /// Streamed batches buffered per stream before backpressure.
     pub stream_buffer: usize,
-    /// Stops streams on shutdown.
-    pub shutdown: CancellationToken,
+    /// Ends open streams with UNAVAILABLE and refuses new ones (shutdown, after health
+    /// has gone NOT_SERVING).
+    pub streams_stop: CancellationToken,
 }
 
 impl std::fmt::Debug for PushState {
@@ -251,6 +259,9 @@ impl Push for PushService {
 
     async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
         let tenant = tenant_of(&req)?;
+        if self.0.streams_stop.is_cancelled() {
+            return Err(Status::unavailable(SHUTTING_DOWN));
+        }
         let r = req.into_inner();
         let state = Arc::clone(&self.0);
         let partition = tenant_partition(&tenant, state.notification_partitions);
@@ -287,7 +298,11 @@ impl Push for PushService {
             loop {
                 let msg = tokio::select! {
                     _ = tx.closed() => break,
-                    _ = state.shutdown.cancelled() => break,
+                    _ = state.streams_stop.cancelled() => {
+                        // A status, not a silent end: the client knows to resume elsewhere.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Err(Status::unavailable(SHUTTING_DOWN)))).await;
+                        break;
+                    }
                     m = consumer.recv() => m,
                 };
                 let msg = match msg {
@@ -337,6 +352,12 @@ impl Push for PushService {
                         break;
                     }
                 }
+                // From the record's commit to Kafka to its hand-off to the client's stream.
+                if let Some(ts) = msg.timestamp().to_millis() {
+                    let secs = (now_ms() - ts).max(0) as f64 / 1000.0;
+                    metrics::histogram!("hexcast_push_delivery_seconds").record(secs);
+                }
+                metrics::counter!("hexcast_push_delivered_ids_total").increment(ids.len() as u64);
             }
             metrics::gauge!("hexcast_push_connected_backends").decrement(1.0);
             tracing::info!(tenant = %tenant, "backend disconnected");

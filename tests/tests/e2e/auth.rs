@@ -41,10 +41,22 @@ impl Server {
     }
 }
 
-pub(crate) async fn start(name: &str) -> Server {
+/// A config for the push-only server: one notifications partition, two shards.
+pub(crate) fn push_config(name: &str) -> hexcast::Config {
     let mut cfg = common::config(name);
     cfg.topics.partitions = NonZeroU32::new(1).expect("nonzero");
     cfg.topics.shards = NonZeroU32::new(2).expect("nonzero");
+    cfg.push.shutdown_grace_ms = 0;
+    cfg
+}
+
+pub(crate) async fn start(name: &str) -> Server {
+    start_with(push_config(name)).await
+}
+
+/// Starts the push target alone for `cfg` (plaintext channel unless TLS is configured, then
+/// no channel is connected: the caller connects).
+pub(crate) async fn start_with(cfg: hexcast::Config) -> Server {
     hexcast::create_topics(&cfg).await.expect("create topics");
     let rt = hexcast::runtime(&cfg);
     let tokens = Tokens::new([ALPHA, BETA].map(|(t, k)| (t.to_owned(), k.to_owned())));
@@ -54,7 +66,12 @@ pub(crate) async fn start(name: &str) -> Server {
         .await
         .expect("start push");
     let addr = running.push.as_ref().expect("push running").addr;
-    let channel = Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+    let channel = Channel::from_shared(format!("http://{addr}")).expect("uri");
+    let channel = if cfg.push.tls_cert_file.is_some() {
+        channel.connect_lazy()
+    } else {
+        channel.connect().await.expect("connect")
+    };
     Server { running, shutdown, channel, cfg, rt }
 }
 

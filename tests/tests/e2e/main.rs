@@ -5,6 +5,7 @@ mod auth;
 mod common;
 mod dedup_restart;
 mod interop;
+mod lifecycle;
 mod pipeline;
 mod resume;
 mod review;

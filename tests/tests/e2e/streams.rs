@@ -13,9 +13,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use crate::auth::{ALPHA, drain, notification, start};
 use crate::common;
 
-type Pair = (String, String);
+pub(crate) type Pair = (String, String);
 
-fn pairs(batches: &[pb::NotificationBatch]) -> Vec<Pair> {
+pub(crate) fn pairs(batches: &[pb::NotificationBatch]) -> Vec<Pair> {
     batches
         .iter()
         .flat_map(|b| {
@@ -25,7 +25,7 @@ fn pairs(batches: &[pb::NotificationBatch]) -> Vec<Pair> {
         .collect()
 }
 
-async fn publish(producer: &FutureProducer, topic: &str, from: usize, to: usize) -> BTreeSet<Pair> {
+pub(crate) async fn publish(producer: &FutureProducer, topic: &str, from: usize, to: usize) -> BTreeSet<Pair> {
     let mut sent = BTreeSet::new();
     for i in from..to {
         let ids: Vec<String> = (0..5).map(|j| format!("s{i}-{j}")).collect();
@@ -64,7 +64,7 @@ async fn connections_of_one_tenant_each_receive_the_whole_stream_with_their_own_
         c_got.push(c.message().await.expect("c").expect("batch"));
     }
     drop(c);
-    let (a_got, b_got) = tokio::join!(drain(&mut a, 10), drain(&mut b, 25));
+    let (a_got, b_got) = tokio::join!(drain(&mut a, 10), drain(&mut b, 30));
     assert_eq!(pairs(&a_got).into_iter().collect::<BTreeSet<_>>(), first);
     assert_eq!(pairs(&a_got).len(), first.len(), "a: no duplicates");
     assert_eq!(pairs(&b_got).into_iter().collect::<BTreeSet<_>>(), first);
@@ -75,7 +75,7 @@ async fn connections_of_one_tenant_each_receive_the_whole_stream_with_their_own_
     let second = publish(&producer, &topic, 10, 14).await;
     let cursor = c_got.last().map(|x| x.cursor.clone()).expect("cursor");
     let mut c = open(3, cursor).await;
-    let (a_more, b_more, c_more) = tokio::join!(drain(&mut a, 4), drain(&mut b, 12), drain(&mut c, 14));
+    let (a_more, b_more, c_more) = tokio::join!(drain(&mut a, 4), drain(&mut b, 12), drain(&mut c, 20));
     assert_eq!(pairs(&a_more).into_iter().collect::<BTreeSet<_>>(), second);
     assert_eq!(pairs(&b_more).into_iter().collect::<BTreeSet<_>>(), second);
     c_got.extend(c_more);
