@@ -212,6 +212,7 @@ pub async fn start(
         producer,
         max_cells_per_subscription: cfg.max_cells_per_subscription.get(),
         max_ids_per_batch: cfg.max_ids_per_batch.get(),
+        max_batch_id_bytes: cfg.max_response_bytes.get() / 2,
         stream_buffer: cfg.stream_buffer.get(),
         streams_stop: CancellationToken::new(),
     });

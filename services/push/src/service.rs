@@ -36,6 +36,27 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// Splits `ids` into consecutive batches of at most `max_ids` ids and about `max_bytes`
+/// encoded bytes (an id alone is never split). Returns index ranges, so a cursor can name
+/// where the next batch starts.
+pub fn split_ids(ids: &[String], max_ids: usize, max_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, id) in ids.iter().enumerate() {
+        // A repeated string field: tag, length varint, bytes.
+        let size = id.len() + 3;
+        if i > start && (i - start >= max_ids.max(1) || bytes + size > max_bytes) {
+            out.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < ids.len() {
+        out.push(start..ids.len());
+    }
+    out
+}
+
 /// Longest accepted subscriber id.
 pub const MAX_SUBSCRIBER_ID_LEN: usize = 128;
 
@@ -57,6 +78,9 @@ pub struct PushState {
     pub max_cells_per_subscription: usize,
     /// Most subscriber ids per streamed batch.
     pub max_ids_per_batch: usize,
+    /// Most bytes of subscriber ids per streamed batch (half the response size limit, the
+    /// rest is room for the alert).
+    pub max_batch_id_bytes: usize,
     /// Streamed batches buffered per stream before backpressure.
     pub stream_buffer: usize,
     /// Ends open streams with UNAVAILABLE and refuses new ones (shutdown, after health
@@ -332,14 +356,15 @@ impl Push for PushService {
                     continue;
                 }
                 let ids = batch.subscriber_ids.get(skip..).unwrap_or_default();
-                let chunks: Vec<&[String]> = ids.chunks(max_ids).collect();
+                let chunks = split_ids(ids, max_ids, state.max_batch_id_bytes);
                 let last = chunks.len().saturating_sub(1);
-                for (i, chunk) in chunks.into_iter().enumerate() {
+                for (i, range) in chunks.into_iter().enumerate() {
                     let cursor = if i == last {
                         Cursor { partition, offset: msg.offset() + 1, skip: 0 }
                     } else {
-                        Cursor { partition, offset: msg.offset(), skip: (skip + (i + 1) * max_ids) as u32 }
+                        Cursor { partition, offset: msg.offset(), skip: (skip + range.end) as u32 }
                     };
+                    let chunk = &ids[range];
                     let out = pb::NotificationBatch {
                         alert: batch.alert.clone(),
                         tenant: batch.tenant.clone(),
@@ -363,5 +388,22 @@ impl Push for PushService {
             tracing::info!(tenant = %tenant, "backend disconnected");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_ids;
+
+    #[test]
+    fn batches_are_bounded_by_count_and_bytes_and_cover_every_id_once() {
+        let ids: Vec<String> = (0..25).map(|i| format!("id-{i:02}")).collect(); // 5 bytes + 3
+        assert_eq!(split_ids(&ids, 10, usize::MAX), vec![0..10, 10..20, 20..25]);
+        assert_eq!(split_ids(&ids, 100, 8 * 7), vec![0..7, 7..14, 14..21, 21..25]);
+        assert_eq!(split_ids(&ids, 3, 8 * 7), (0..9).map(|k| k * 3..(k * 3 + 3).min(25)).collect::<Vec<_>>());
+        // An id larger than the budget still goes out, alone.
+        let big = vec!["x".repeat(100), "y".into()];
+        assert_eq!(split_ids(&big, 10, 50), vec![0..1, 1..2]);
+        assert!(split_ids(&[], 10, 100).is_empty());
     }
 }
