@@ -2,6 +2,7 @@
 //! that the end-to-end tests start exactly what the binary starts.
 
 pub mod bench;
+pub mod bench_push;
 pub mod config;
 pub mod demo;
 pub mod geojson;

@@ -58,6 +58,9 @@ enum Command {
 enum BenchCommand {
     /// The matcher on a realistic population, with baselines; prints JSON.
     Match(hexcast::bench::MatchBenchArgs),
+    /// The push service on a real Kafka cluster over gRPC: stream, BulkUpsert and a
+    /// city-wide alert; prints JSON.
+    Push(hexcast::bench_push::PushBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,6 +157,15 @@ fn main() -> ExitCode {
             Command::Policy(args) => hexcast::offline_stages::policy_cmd(args),
             Command::Bench { command: BenchCommand::Match(args) } => {
                 let result = hexcast::bench::run_match(&args)?;
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("{result}");
+                }
+                Ok(())
+            }
+            Command::Bench { command: BenchCommand::Push(args) } => {
+                init_logs(LogFormat::Text, None, "warn");
+                let result = hexcast::bench_push::run(&args).await?;
                 #[allow(clippy::print_stdout)]
                 {
                     println!("{result}");

@@ -28,6 +28,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Tenant names are plain words: they prefix stored keys (`tenant/subscriber`) and key the
+/// notification records, so a separator in a name could alias another tenant's keys.
+pub fn valid_tenant(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
 impl Tokens {
     /// From `(tenant, token)` pairs.
     pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
@@ -41,6 +47,12 @@ impl Tokens {
             .map_err(|e| anyhow::anyhow!("reading tokens file {}: {e}", path.display()))?;
         let table: std::collections::BTreeMap<String, String> =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("tokens file {}: {}", path.display(), e.message()))?;
+        if let Some(tenant) = table.keys().find(|t| !valid_tenant(t)) {
+            anyhow::bail!(
+                "tokens file {}: tenant `{tenant}`: must be 1-64 characters of A-Z, a-z, 0-9, '_', '-', '.'",
+                path.display()
+            );
+        }
         if let Some((tenant, _)) = table.iter().find(|(_, t)| t.len() < 16) {
             anyhow::bail!("tokens file {}: token of tenant `{tenant}` is shorter than 16 characters", path.display());
         }
@@ -79,4 +91,55 @@ pub fn tenant_of<T>(req: &Request<T>) -> Result<Arc<str>, Status> {
         .get::<Tenant>()
         .map(|t| Arc::clone(&t.0))
         .ok_or_else(|| Status::unauthenticated("not authenticated"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(name: &str, text: &str) -> anyhow::Result<Tokens> {
+        let path = std::env::temp_dir().join(format!("hexcast-tokens-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, text).map_err(anyhow::Error::from)?;
+        let tokens = Tokens::load(&path);
+        let _ = std::fs::remove_file(&path);
+        tokens
+    }
+
+    #[test]
+    fn tokens_file_maps_tokens_to_tenants_and_refuses_bad_entries() -> anyhow::Result<()> {
+        let tokens = load("ok", "alpha = \"alpha-token-0123456789\"\nbeta = \"beta-token-0123456789\"\n")?;
+        assert_eq!(tokens.tenant("alpha-token-0123456789").as_deref(), Some("alpha"));
+        assert_eq!(tokens.tenant("beta-token-0123456789").as_deref(), Some("beta"));
+        assert_eq!(tokens.tenant("alpha-token-012345678"), None);
+        let short = load("short", "alpha = \"short\"\n").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(short.contains("tenant `alpha`") && short.contains("16"), "{short}");
+        let slash =
+            load("slash", "\"a/b\" = \"alpha-token-0123456789\"\n").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(slash.contains("tenant `a/b`"), "{slash}");
+        Ok(())
+    }
+
+    #[test]
+    fn interceptor_refuses_missing_malformed_and_unknown_tokens() {
+        let tokens = Tokens::new([("alpha".to_owned(), "alpha-token-0123456789".to_owned())]);
+        let check = tokens.interceptor();
+        let with = |value: Option<&str>| {
+            let mut req = Request::new(());
+            if let Some(v) = value {
+                req.metadata_mut().insert("authorization", v.parse().unwrap_or_else(|_| unreachable!()));
+            }
+            check(req)
+        };
+        for (value, message) in [
+            (None, "missing bearer token"),
+            (Some("Basic alpha-token-0123456789"), "malformed authorization header"),
+            (Some("Bearer nope-nope-nope-nope"), "invalid bearer token"),
+        ] {
+            let status = with(value).err().unwrap_or_else(|| Status::ok("accepted"));
+            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{value:?}");
+            assert_eq!(status.message(), message);
+        }
+        let ok = with(Some("Bearer alpha-token-0123456789")).map(|r| tenant_of(&r).map(|t| t.to_string()));
+        assert_eq!(ok.ok().and_then(Result::ok).as_deref(), Some("alpha"));
+    }
 }

@@ -29,6 +29,34 @@ use crate::error::PushError;
 use crate::index::SubscriberIndex;
 use crate::matcher::tenant_partition;
 
+/// The status that ends streams at shutdown.
+pub const SHUTTING_DOWN: &str = "server shutting down: reconnect with the last cursor";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Splits `ids` into consecutive batches of at most `max_ids` ids and about `max_bytes`
+/// encoded bytes (an id alone is never split). Returns index ranges, so a cursor can name
+/// where the next batch starts.
+pub fn split_ids(ids: &[String], max_ids: usize, max_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, id) in ids.iter().enumerate() {
+        // A repeated string field: tag, length varint, bytes.
+        let size = id.len() + 3;
+        if i > start && (i - start >= max_ids.max(1) || bytes + size > max_bytes) {
+            out.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < ids.len() {
+        out.push(start..ids.len());
+    }
+    out
+}
+
 /// Longest accepted subscriber id.
 pub const MAX_SUBSCRIBER_ID_LEN: usize = 128;
 
@@ -50,10 +78,14 @@ pub struct PushState {
     pub max_cells_per_subscription: usize,
     /// Most subscriber ids per streamed batch.
     pub max_ids_per_batch: usize,
+    /// Most bytes of subscriber ids per streamed batch (half the response size limit, the
+    /// rest is room for the alert).
+    pub max_batch_id_bytes: usize,
     /// Streamed batches buffered per stream before backpressure.
     pub stream_buffer: usize,
-    /// Stops streams on shutdown.
-    pub shutdown: CancellationToken,
+    /// Ends open streams with UNAVAILABLE and refuses new ones (shutdown, after health
+    /// has gone NOT_SERVING).
+    pub streams_stop: CancellationToken,
 }
 
 impl std::fmt::Debug for PushState {
@@ -109,6 +141,17 @@ fn now(rt: &Runtime) -> Timestamp {
     (rt.clock)()
 }
 
+/// A valid subscriber id (trimmed), or INVALID_ARGUMENT naming `field`. The same rule for
+/// writes and reads: `/` separates tenant and subscriber in stored keys, so it can never
+/// appear in an id (no id can reach into another tenant's key space).
+pub fn subscriber_id(field: &str, raw: &str) -> Result<String, PushError> {
+    let id = raw.trim();
+    if id.is_empty() || id.len() > MAX_SUBSCRIBER_ID_LEN || id.contains('/') {
+        return Err(PushError::invalid(field, format!("must be 1..={MAX_SUBSCRIBER_ID_LEN} characters without '/'")));
+    }
+    Ok(id.to_owned())
+}
+
 /// Turns an API subscription into the stored form: a point or circle becomes a disc around
 /// its center's cell at `geo.precision`, a polygon its cells at `geo.polygon_precision`.
 /// The raw geometry is dropped here and never reaches Kafka.
@@ -120,13 +163,7 @@ pub fn stored_subscription(
     api: pb::Subscription,
     now: Timestamp,
 ) -> Result<Subscription, PushError> {
-    let id = api.subscriber_id.trim().to_owned();
-    if id.is_empty() || id.len() > MAX_SUBSCRIBER_ID_LEN || id.contains('/') {
-        return Err(PushError::invalid(
-            "subscription.subscriber_id",
-            format!("must be 1..={MAX_SUBSCRIBER_ID_LEN} characters without '/'"),
-        ));
-    }
+    let id = subscriber_id("subscription.subscriber_id", &api.subscriber_id)?;
     if api.areas.is_empty() {
         return Err(PushError::invalid("subscription.areas", "at least one area is required"));
     }
@@ -182,10 +219,7 @@ impl Subscriptions for SubscriptionsService {
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         let tenant = tenant_of(&req)?;
-        let id = req.into_inner().subscriber_id;
-        if id.is_empty() {
-            return Err(PushError::invalid("subscriber_id", "is required").into());
-        }
+        let id = subscriber_id("subscriber_id", &req.into_inner().subscriber_id)?;
         let key = hexcast_core::model::subscription_key(&tenant, &id);
         let existing = self.0.index.shards(&key);
         let shards: Vec<u32> = match &existing {
@@ -200,7 +234,7 @@ impl Subscriptions for SubscriptionsService {
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::Subscription>, Status> {
         let tenant = tenant_of(&req)?;
-        let id = req.into_inner().subscriber_id;
+        let id = subscriber_id("subscriber_id", &req.into_inner().subscriber_id)?;
         let key = hexcast_core::model::subscription_key(&tenant, &id);
         let sub = self.0.index.get(&key).ok_or_else(|| PushError::NotFound(format!("subscriber `{id}`")))?;
         Ok(Response::new((&sub).into()))
@@ -249,6 +283,9 @@ impl Push for PushService {
 
     async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
         let tenant = tenant_of(&req)?;
+        if self.0.streams_stop.is_cancelled() {
+            return Err(Status::unavailable(SHUTTING_DOWN));
+        }
         let r = req.into_inner();
         let state = Arc::clone(&self.0);
         let partition = tenant_partition(&tenant, state.notification_partitions);
@@ -285,7 +322,11 @@ impl Push for PushService {
             loop {
                 let msg = tokio::select! {
                     _ = tx.closed() => break,
-                    _ = state.shutdown.cancelled() => break,
+                    _ = state.streams_stop.cancelled() => {
+                        // A status, not a silent end: the client knows to resume elsewhere.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Err(Status::unavailable(SHUTTING_DOWN)))).await;
+                        break;
+                    }
                     m = consumer.recv() => m,
                 };
                 let msg = match msg {
@@ -306,15 +347,24 @@ impl Push for PushService {
                     tracing::warn!(offset = msg.offset(), "undecodable notification record skipped");
                     continue;
                 };
+                // The key already names the tenant; the payload must agree, or it is not served.
+                if batch.tenant != *tenant {
+                    tracing::warn!(
+                        offset = msg.offset(),
+                        "notification record of another tenant under this key skipped"
+                    );
+                    continue;
+                }
                 let ids = batch.subscriber_ids.get(skip..).unwrap_or_default();
-                let chunks: Vec<&[String]> = ids.chunks(max_ids).collect();
+                let chunks = split_ids(ids, max_ids, state.max_batch_id_bytes);
                 let last = chunks.len().saturating_sub(1);
-                for (i, chunk) in chunks.into_iter().enumerate() {
+                for (i, range) in chunks.into_iter().enumerate() {
                     let cursor = if i == last {
                         Cursor { partition, offset: msg.offset() + 1, skip: 0 }
                     } else {
-                        Cursor { partition, offset: msg.offset(), skip: (skip + (i + 1) * max_ids) as u32 }
+                        Cursor { partition, offset: msg.offset(), skip: (skip + range.end) as u32 }
                     };
+                    let chunk = &ids[range];
                     let out = pb::NotificationBatch {
                         alert: batch.alert.clone(),
                         tenant: batch.tenant.clone(),
@@ -327,10 +377,33 @@ impl Push for PushService {
                         break;
                     }
                 }
+                // From the record's commit to Kafka to its hand-off to the client's stream.
+                if let Some(ts) = msg.timestamp().to_millis() {
+                    let secs = (now_ms() - ts).max(0) as f64 / 1000.0;
+                    metrics::histogram!("hexcast_push_delivery_seconds").record(secs);
+                }
+                metrics::counter!("hexcast_push_delivered_ids_total").increment(ids.len() as u64);
             }
             metrics::gauge!("hexcast_push_connected_backends").decrement(1.0);
             tracing::info!(tenant = %tenant, "backend disconnected");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_ids;
+
+    #[test]
+    fn batches_are_bounded_by_count_and_bytes_and_cover_every_id_once() {
+        let ids: Vec<String> = (0..25).map(|i| format!("id-{i:02}")).collect(); // 5 bytes + 3
+        assert_eq!(split_ids(&ids, 10, usize::MAX), vec![0..10, 10..20, 20..25]);
+        assert_eq!(split_ids(&ids, 100, 8 * 7), vec![0..7, 7..14, 14..21, 21..25]);
+        assert_eq!(split_ids(&ids, 3, 8 * 7), (0..9).map(|k| k * 3..(k * 3 + 3).min(25)).collect::<Vec<_>>());
+        // An id larger than the budget still goes out, alone.
+        let big = vec!["x".repeat(100), "y".into()];
+        assert_eq!(split_ids(&big, 10, 50), vec![0..1, 1..2]);
+        assert!(split_ids(&[], 10, 100).is_empty());
     }
 }

@@ -1,8 +1,13 @@
 //! End-to-end tests on a real Apache Kafka broker (`HEXCAST_TEST_BROKERS`, started by
 //! `scripts/test.sh`). They never fall back to a mock: without a broker they fail.
 
+mod auth;
 mod common;
 mod dedup_restart;
+mod interop;
+mod lifecycle;
 mod pipeline;
+mod resume;
 mod review;
 mod runner_crash;
+mod streams;

@@ -71,3 +71,28 @@ fn dedup_with_an_invalid_merge_window_fails_naming_the_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("dedup.merge_window_secs"));
 }
+
+#[test]
+fn the_example_config_lists_only_valid_keys() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/hexcast.toml");
+    let cfg = hexcast::Config::load(Some(&path), &[]).expect("config/hexcast.toml parses");
+    assert_eq!(cfg.push.keepalive_interval_ms, 30_000);
+    assert_eq!(cfg.push.max_request_bytes.get(), 4 << 20);
+    assert!(cfg.push.tls_cert_file.is_none());
+}
+
+#[test]
+fn push_with_a_certificate_but_no_key_fails_naming_the_key() {
+    let tokens = temp_config("tls-tokens", "alpha = \"alpha-token-0123456789\"\n");
+    let text = format!(
+        "[kafka]\nbrokers = \"127.0.0.1:1\"\n[topics]\ncreate = false\n[push]\ntokens_file = {:?}\ntls_cert_file = \"cert.pem\"\n",
+        tokens.display().to_string()
+    );
+    let path = temp_config("tls", &text);
+    let out = hexcast().args(["run", "--config"]).arg(&path).args(["--target", "push"]).output().expect("run");
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&tokens);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("push.tls_key_file"), "{stderr}");
+}
