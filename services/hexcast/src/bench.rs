@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use h3o::{CellIndex, Resolution};
 use hexcast_core::cells::{GeoConfig, ShardMap, area_cells, cover};
-use hexcast_core::{Alert, Area, Category, LatLng, Place, Subscription, Timestamp};
+use hexcast_core::{Alert, Area, Category, IndexedAlert, LatLng, Place, Subscription, Timestamp};
 use hexcast_push::SubscriberIndex;
 use hexcast_push::index::place_meets;
 use hexcast_spatial::Spatial;
@@ -178,13 +178,41 @@ fn stats_json(s: &Stats) -> serde_json::Value {
     })
 }
 
-/// Index plus the spatial stage's routing, exactly as the service matches.
-fn index_matches(index: &SubscriberIndex, spatial: &Spatial, a: &Alert) -> anyhow::Result<usize> {
+/// The matcher step for one alert: every shard the spatial stage routed it to, as the
+/// matcher stages of the push service run it. Routing itself is the spatial stage's work,
+/// measured apart.
+fn index_matches(index: &SubscriberIndex, routed: &[IndexedAlert]) -> anyhow::Result<usize> {
     let mut n = 0;
-    for rec in spatial.index(a.clone())? {
+    for rec in routed {
         n += index.matches(&rec.alert, rec.shard, &rec.shards)?.len();
     }
     Ok(n)
+}
+
+/// Each alert with its spatial-stage records, and the routing time per alert.
+fn route(spatial: &Spatial, q: &[Alert]) -> anyhow::Result<(Vec<(Alert, Vec<IndexedAlert>)>, Stats)> {
+    let mut routed = Vec::with_capacity(q.len());
+    let stats = measure(q, |a| {
+        let recs = spatial.index(a.clone())?;
+        let n = recs.len();
+        routed.push((a.clone(), recs));
+        Ok(n)
+    })?;
+    Ok((routed, stats))
+}
+
+/// Like [`measure`], over routed alerts.
+fn measure_routed(
+    routed: &[(Alert, Vec<IndexedAlert>)],
+    mut run: impl FnMut(&[IndexedAlert]) -> anyhow::Result<usize>,
+) -> anyhow::Result<Stats> {
+    let alerts: Vec<Alert> = routed.iter().map(|(a, _)| a.clone()).collect();
+    let mut i = 0;
+    measure(&alerts, |_| {
+        let n = run(&routed[i].1);
+        i += 1;
+        n
+    })
 }
 
 /// The simplest index: one hash map from every cell (resolution 9, uncompacted) that each
@@ -290,8 +318,11 @@ pub fn run_match(args: &MatchBenchArgs) -> anyhow::Result<serde_json::Value> {
     let mut per_query = serde_json::Map::new();
     for (name, q) in &qs {
         progress(name);
-        let s = measure(q, |a| index_matches(&index, &spatial, a))?;
-        per_query.insert((*name).to_owned(), stats_json(&s));
+        let (routed, routing) = route(&spatial, q)?;
+        let s = measure_routed(&routed, |recs| index_matches(&index, recs))?;
+        let mut json = stats_json(&s);
+        json["spatial_routing_p50_us"] = serde_json::json!((routing.p50_us * 10.0).round() / 10.0);
+        per_query.insert((*name).to_owned(), json);
     }
 
     // Baselines on a smaller population, with the index measured on the same one.
@@ -307,7 +338,8 @@ pub fn run_match(args: &MatchBenchArgs) -> anyhow::Result<serde_json::Value> {
     let mut baselines = serde_json::Map::new();
     for (name, q) in qs.iter().filter(|(n, _)| *n != "circle_10km") {
         let q = &q[..q.len().min(50)];
-        let idx = measure(q, |a| index_matches(&base_index, &spatial, a))?;
+        let (routed, _) = route(&spatial, q)?;
+        let idx = measure_routed(&routed, |recs| index_matches(&base_index, recs))?;
         let brute = measure(q, |a| {
             let prepared = hexcast_core::exact::PreparedArea::new(&a.target);
             Ok(base_subs.iter().filter(|s| s.places.iter().any(|p| place_meets(p, &prepared))).count())

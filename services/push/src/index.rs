@@ -71,6 +71,7 @@ impl Disc {
             lat: c.lat() as f32,
             lng: c.lng() as f32,
             reach_m: self.radius_m + circumradius_m(self.cell) as f32 + 0.5 + F32_SLACK_M as f32,
+            center9: u64::from(c.cell(MAX_LEVEL)),
         }
     }
 }
@@ -84,6 +85,9 @@ struct Entry {
     lat: f32,
     lng: f32,
     reach_m: f32,
+    /// The resolution-9 cell holding the centroid: inside a polygon alert's inside cells,
+    /// the disc matches without geometry.
+    center9: u64,
 }
 
 impl Entry {
@@ -681,7 +685,7 @@ impl Matching<'_> {
     fn entry_meets(&self, e: &Entry) -> bool {
         let Some(c) = e.center() else { return false };
         if matches!(self.alert.target, Area::Polygon(_) | Area::MultiPolygon(_))
-            && self.covers.inside9().contains(&u64::from(c.cell(MAX_LEVEL)))
+            && self.covers.inside9().contains(&e.center9)
         {
             return true;
         }
