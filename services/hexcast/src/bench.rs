@@ -189,8 +189,11 @@ fn index_matches(index: &SubscriberIndex, routed: &[IndexedAlert]) -> anyhow::Re
     Ok(n)
 }
 
+/// An alert and its spatial-stage records.
+type Routed = (Alert, Vec<IndexedAlert>);
+
 /// Each alert with its spatial-stage records, and the routing time per alert.
-fn route(spatial: &Spatial, q: &[Alert]) -> anyhow::Result<(Vec<(Alert, Vec<IndexedAlert>)>, Stats)> {
+fn route(spatial: &Spatial, q: &[Alert]) -> anyhow::Result<(Vec<Routed>, Stats)> {
     let mut routed = Vec::with_capacity(q.len());
     let stats = measure(q, |a| {
         let recs = spatial.index(a.clone())?;
@@ -203,7 +206,7 @@ fn route(spatial: &Spatial, q: &[Alert]) -> anyhow::Result<(Vec<(Alert, Vec<Inde
 
 /// Like [`measure`], over routed alerts.
 fn measure_routed(
-    routed: &[(Alert, Vec<IndexedAlert>)],
+    routed: &[Routed],
     mut run: impl FnMut(&[IndexedAlert]) -> anyhow::Result<usize>,
 ) -> anyhow::Result<Stats> {
     let alerts: Vec<Alert> = routed.iter().map(|(a, _)| a.clone()).collect();
