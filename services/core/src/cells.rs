@@ -284,15 +284,11 @@ fn grown_disc(
 /// inside the area holds only discs that meet it) and a cell set under the cells it touches.
 /// Circles and discs scan a grid disk like [`disc_cells_loose`]; polygons widen the boundary
 /// band of [`polygon_cells`] to two rings (two points an edge apart lie at most two cells
-/// apart), and call every band cell `Touches`.
+/// apart); the boundary crosses only the first ring, so the second is inside or near by its
+/// centroid.
 pub fn lookup_cells(area: &Area, res: Resolution, max_cells: usize) -> Result<Vec<(CellIndex, Reach)>, CoverError> {
     let grow = res.edge_length_m();
-    let banded = |polygons: &[geo::Polygon<f64>]| -> Result<Vec<(CellIndex, Reach)>, CoverError> {
-        Ok(polygon_cells_banded(polygons, res, max_cells, 2)?
-            .into_iter()
-            .map(|(c, inside)| (c, if inside { Reach::Inside } else { Reach::Touches }))
-            .collect())
-    };
+    let banded = |polygons: &[geo::Polygon<f64>]| polygon_cells_banded(polygons, res, max_cells, 2);
     match area {
         Area::Point(p) => grown_disc(*p, 0.0, grow, res, max_cells),
         Area::Circle { center, radius_m } => grown_disc(*center, *radius_m, grow, res, max_cells),
@@ -332,7 +328,7 @@ pub fn polygon_cells(
     res: Resolution,
     max_cells: usize,
 ) -> Result<Vec<(CellIndex, bool)>, CoverError> {
-    polygon_cells_banded(polygons, res, max_cells, 1)
+    Ok(polygon_cells_banded(polygons, res, max_cells, 1)?.into_iter().map(|(c, r)| (c, r == Reach::Inside)).collect())
 }
 
 /// [`polygon_cells`] with a band of `rings` cells around every boundary sample.
@@ -341,7 +337,7 @@ fn polygon_cells_banded(
     res: Resolution,
     max_cells: usize,
     rings: u32,
-) -> Result<Vec<(CellIndex, bool)>, CoverError> {
+) -> Result<Vec<(CellIndex, Reach)>, CoverError> {
     let too_large = || CoverError::TooLarge { max: max_cells, res: u8::from(res) };
     let mut tiler = TilerBuilder::new(res).containment_mode(ContainmentMode::ContainsCentroid).build();
     for p in polygons {
@@ -381,19 +377,36 @@ fn polygon_cells_banded(
     }
     samples.sort_unstable();
     samples.dedup();
-    let mut band: Vec<CellIndex> = Vec::with_capacity(samples.len() * 3);
-    for c in samples {
-        band.extend(c.grid_disk::<Vec<_>>(rings));
-    }
-    band.sort_unstable();
-    band.dedup();
-    let mut out: Vec<(CellIndex, bool)> = band.iter().map(|&c| (c, false)).collect();
-    out.extend(tiler.into_coverage().filter(|c| band.binary_search(c).is_err()).map(|c| (c, true)));
+    // The boundary crosses only cells of the first ring; cells of the outer rings lie wholly
+    // inside or wholly outside, as their centroid does.
+    let ring_cells = |k: u32| {
+        let mut v: Vec<CellIndex> = samples.iter().flat_map(|c| c.grid_disk::<Vec<_>>(k)).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let band = ring_cells(1);
+    let outer = if rings > 1 { ring_cells(rings) } else { Vec::new() };
+    let mut fill: Vec<CellIndex> = tiler.into_coverage().collect();
+    fill.sort_unstable();
+    fill.dedup();
+    let is_fill = |c: &CellIndex| fill.binary_search(c).is_ok();
+    let mut out: Vec<(CellIndex, Reach)> = band.iter().map(|&c| (c, Reach::Touches)).collect();
+    out.extend(
+        outer
+            .iter()
+            .filter(|c| band.binary_search(c).is_err())
+            .map(|&c| (c, if is_fill(&c) { Reach::Inside } else { Reach::Near })),
+    );
+    out.extend(
+        fill.iter()
+            .filter(|c| band.binary_search(c).is_err() && outer.binary_search(c).is_err())
+            .map(|&c| (c, Reach::Inside)),
+    );
     if out.len() > max_cells {
         return Err(too_large());
     }
     out.sort_unstable_by_key(|(c, _)| *c);
-    out.dedup_by_key(|(c, _)| *c);
     Ok(out)
 }
 

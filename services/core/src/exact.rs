@@ -176,6 +176,77 @@ pub fn cell_intersects(area: &Area, cell: CellIndex) -> bool {
     }
 }
 
+/// A polygon's edges bucketed by horizontal strips of its bounding box, so that a point's
+/// containment (a ray along x crosses only edges of the point's strip) and its distance to
+/// the edges (only strips within reach) look at a few edges instead of all of them.
+#[derive(Debug)]
+struct Strips {
+    y0: f64,
+    height: f64,
+    /// Per strip: (ring, edge start index) of every edge whose y-range meets the strip.
+    edges: Vec<Vec<(u32, u32)>>,
+}
+
+impl Strips {
+    fn new(rings: &[Ring], b: &[f64; 4]) -> Self {
+        let n: usize = rings.iter().map(Vec::len).sum();
+        let count = (n / 8).clamp(1, 4096);
+        let height = ((b[3] - b[1]) / count as f64).max(1e-9);
+        let mut edges = vec![Vec::new(); count];
+        for (ri, r) in rings.iter().enumerate() {
+            for i in 0..r.len() {
+                let (a, c) = (r[i], r[(i + 1) % r.len()]);
+                let (lo, hi) = (a.1.min(c.1), a.1.max(c.1));
+                let (s0, s1) = (Self::index(b[1], height, count, lo), Self::index(b[1], height, count, hi));
+                for strip in &mut edges[s0..=s1] {
+                    strip.push((ri as u32, i as u32));
+                }
+            }
+        }
+        Self { y0: b[1], height, edges }
+    }
+
+    fn index(y0: f64, height: f64, count: usize, y: f64) -> usize {
+        (((y - y0) / height).floor().max(0.0) as usize).min(count - 1)
+    }
+
+    fn edge(rings: &[Ring], (ri, i): (u32, u32)) -> ((f64, f64), (f64, f64)) {
+        let r = &rings[ri as usize];
+        (r[i as usize], r[(i as usize + 1) % r.len()])
+    }
+
+    /// Inside the exterior and outside every hole: the parity of each ring's crossings.
+    fn contains(&self, rings: &[Ring], x: f64, y: f64) -> bool {
+        if rings.len() > 64 {
+            return point_in_polygon(x, y, rings);
+        }
+        let strip = &self.edges[Self::index(self.y0, self.height, self.edges.len(), y)];
+        let mut parity = 0u64;
+        for &e in strip {
+            let ((xi, yi), (xj, yj)) = Self::edge(rings, e);
+            if (yi > y) != (yj > y) && x < (xj - xi) * (y - yi) / (yj - yi) + xi {
+                parity ^= 1 << e.0;
+            }
+        }
+        parity & 1 == 1 && parity >> 1 == 0
+    }
+
+    /// Distance to the nearest edge, when it is at most `reach` (else some larger value).
+    fn distance(&self, rings: &[Ring], x: f64, y: f64, reach: f64) -> f64 {
+        let count = self.edges.len();
+        let (s0, s1) =
+            (Self::index(self.y0, self.height, count, y - reach), Self::index(self.y0, self.height, count, y + reach));
+        let mut best = f64::INFINITY;
+        for strip in &self.edges[s0..=s1] {
+            for &e in strip {
+                let (a, b) = Self::edge(rings, e);
+                best = best.min(seg_dist(x, y, a, b));
+            }
+        }
+        best
+    }
+}
+
 /// An alert area prepared once for many refinements: polygons projected once into a frame
 /// at the area's center, with bounding boxes to reject far candidates without touching
 /// the rings.
@@ -183,7 +254,7 @@ pub fn cell_intersects(area: &Area, cell: CellIndex) -> bool {
 pub struct PreparedArea<'a> {
     area: &'a Area,
     frame: Frame,
-    polygons: Vec<(Vec<Ring>, [f64; 4])>,
+    polygons: Vec<(Vec<Ring>, [f64; 4], Strips)>,
     circle: Option<CircleBand>,
 }
 
@@ -272,7 +343,8 @@ impl<'a> PreparedArea<'a> {
             .map(|p| {
                 let rings = project_polygon(&frame, p);
                 let b = bbox(&rings);
-                (rings, b)
+                let strips = Strips::new(&rings, &b);
+                (rings, b, strips)
             })
             .collect();
         let circle = match area {
@@ -293,12 +365,14 @@ impl<'a> PreparedArea<'a> {
         }
         let (x, y) = self.frame.xy(center.lng(), center.lat());
         let reach = radius_m * (1.0 + REL_MARGIN) + ABS_MARGIN + 1.0;
-        self.polygons.iter().any(|(rings, b)| {
-            if x + reach < b[0] || x - reach > b[2] || y + reach < b[1] || y - reach > b[3] {
-                return false;
-            }
-            point_in_polygon(x, y, rings) || within(dist_to_rings(x, y, rings), radius_m)
-        })
+        let near = |b: &[f64; 4]| !(x + reach < b[0] || x - reach > b[2] || y + reach < b[1] || y - reach > b[3]);
+        // Containment first: it is cheaper than edge distances, and in a multipolygon of
+        // adjacent parts most points lie inside one part and near the edges of others.
+        self.polygons.iter().any(|(rings, b, strips)| near(b) && strips.contains(rings, x, y))
+            || self
+                .polygons
+                .iter()
+                .any(|(rings, b, strips)| near(b) && within(strips.distance(rings, x, y, reach), radius_m))
     }
 
     /// [`cell_intersects`], faster for polygons and circles.
@@ -319,7 +393,7 @@ impl<'a> PreparedArea<'a> {
         }
         let hex = hexagon(&self.frame, cell);
         let hb = bbox(&hex);
-        self.polygons.iter().any(|(rings, b)| {
+        self.polygons.iter().any(|(rings, b, _)| {
             if hb[2] < b[0] || hb[0] > b[2] || hb[3] < b[1] || hb[1] > b[3] {
                 return false;
             }

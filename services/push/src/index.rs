@@ -113,20 +113,35 @@ impl Entry {
 #[derive(Debug)]
 struct Shape {
     cells: Arc<[CellIndex]>,
-    /// Resolution-9 parents of the cells (the cells themselves when coarser), sorted.
-    parents: Box<[CellIndex]>,
+    /// The cells grouped by resolution-9 parent (a cell at resolution 9 or coarser is its
+    /// own group): (parent, whether the parent stands for finer cells, range in `order`).
+    groups: Box<[(CellIndex, bool, u32, u32)]>,
+    /// Indexes into `cells`, group by group.
+    order: Box<[u32]>,
     members: Vec<u32>,
 }
 
 impl Shape {
     fn new(cells: Arc<[CellIndex]>) -> Self {
-        let mut parents: Vec<CellIndex> = cells
+        let mut keyed: Vec<(CellIndex, bool, u32)> = cells
             .iter()
-            .map(|c| if c.resolution() > MAX_LEVEL { c.parent(MAX_LEVEL).unwrap_or(*c) } else { *c })
+            .enumerate()
+            .map(|(i, c)| match c.parent(MAX_LEVEL) {
+                Some(p) if c.resolution() > MAX_LEVEL => (p, true, i as u32),
+                _ => (*c, false, i as u32),
+            })
             .collect();
-        parents.sort_unstable();
-        parents.dedup();
-        Self { cells, parents: parents.into_boxed_slice(), members: Vec::new() }
+        keyed.sort_unstable();
+        let mut groups = Vec::new();
+        let mut start = 0;
+        for i in 1..=keyed.len() {
+            if i == keyed.len() || (keyed[i].0, keyed[i].1) != (keyed[start].0, keyed[start].1) {
+                groups.push((keyed[start].0, keyed[start].1, start as u32, i as u32));
+                start = i;
+            }
+        }
+        let order = keyed.into_iter().map(|(_, _, i)| i).collect();
+        Self { cells, groups: groups.into_boxed_slice(), order, members: Vec::new() }
     }
 
     /// Buckets: (level, cell). Cells at resolution 9 or coarser are their own bucket; fine
@@ -134,11 +149,11 @@ impl Shape {
     /// children stick out of their parent's hexagon by far less than a neighbor's width).
     fn buckets(&self) -> Vec<(usize, u64)> {
         let mut out = Vec::new();
-        for &p in self.parents.iter() {
-            if self.cells.binary_search(&p).is_ok() {
-                out.push((usize::from(u8::from(p.resolution())), u64::from(p)));
-            } else {
+        for &(p, fine, _, _) in self.groups.iter() {
+            if fine {
                 out.extend(p.grid_disk::<Vec<_>>(1).into_iter().map(|c| (SHAPE_LEVEL, u64::from(c))));
+            } else {
+                out.push((usize::from(u8::from(p.resolution())), u64::from(p)));
             }
         }
         out.sort_unstable();
@@ -146,27 +161,21 @@ impl Shape {
         out
     }
 
-    /// Whether the shape meets the alert. A fine cell whose resolution-9 parent lies inside
-    /// the alert matches at once (an H3 child's centroid lies inside its parent); the
-    /// cells near the alert's edge are checked exactly.
+    /// Whether the shape meets the alert. A cell inside the alert at resolution 9, or whose
+    /// resolution-9 parent is (an H3 child's centroid lies inside its parent), matches at
+    /// once; otherwise the cells near the alert's edge are checked exactly.
     fn meets(&self, covers: &Covers, prepared: &PreparedArea<'_>) -> bool {
+        let inside = covers.inside9();
+        if self.groups.iter().any(|(p, _, _, _)| p.resolution() == MAX_LEVEL && inside.contains(&u64::from(*p))) {
+            return true;
+        }
         let near = covers.near9();
-        for &p in self.parents.iter() {
-            let fine = p.resolution() == MAX_LEVEL && self.cells.binary_search(&p).is_err();
-            if fine && covers.inside9().contains(&u64::from(p)) {
-                return true;
-            }
+        for &(p, fine, a, b) in self.groups.iter() {
             if fine && !p.grid_disk::<Vec<_>>(1).iter().any(|n| near.contains(&u64::from(*n))) {
                 continue;
             }
-            let children = self
-                .cells
-                .iter()
-                .filter(|c| if c.resolution() > MAX_LEVEL { c.parent(MAX_LEVEL) == Some(p) } else { **c == p });
-            for c in children {
-                if prepared.cell_intersects(*c) {
-                    return true;
-                }
+            if self.order[a as usize..b as usize].iter().any(|&i| prepared.cell_intersects(self.cells[i as usize])) {
+                return true;
             }
         }
         false
@@ -580,6 +589,7 @@ impl SubscriberIndex {
             seen: vec![0u64; inner.subs.len() / 64 + 1],
             filter_ok: vec![None; inner.filters.len()],
             shape_ok: HashMap::new(),
+            polygon: matches!(alert.target, Area::Polygon(_) | Area::MultiPolygon(_)),
             out: Vec::new(),
         };
         // Shapes first: a matching shape emits its members without looking at them again.
@@ -611,7 +621,17 @@ impl SubscriberIndex {
                 let Some(entries) = inner.levels[level].get(&u64::from(cell)) else { continue };
                 for e in entries {
                     // A bucket inside the alert holds only discs whose center is inside it.
-                    if inside || m.entry_meets(e) {
+                    // Against a polygon, geometry costs more than the subscriber's own
+                    // checks, so those come first (an alert over several shards is matched
+                    // by each, and each owns only some of the subscribers).
+                    let meets = if inside {
+                        true
+                    } else if m.polygon {
+                        m.may_emit(e.id) && m.entry_meets(e)
+                    } else {
+                        m.entry_meets(e)
+                    };
+                    if meets {
                         m.visit(e.id);
                     }
                 }
@@ -638,7 +658,8 @@ impl SubscriberIndex {
         bytes += inner.by_key.capacity() * (4 + 1);
         bytes += inner.free.capacity() * 4;
         for sh in inner.shapes.iter().flatten() {
-            bytes += sh.cells.len() * 8 + 16 + ALLOC + sh.parents.len() * 8 + ALLOC + sh.members.capacity() * 4 + ALLOC;
+            bytes +=
+                sh.cells.len() * 12 + 16 + ALLOC + sh.groups.len() * 24 + ALLOC * 2 + sh.members.capacity() * 4 + ALLOC;
         }
         bytes += inner.shapes.capacity() * std::mem::size_of::<Option<Shape>>();
         bytes += inner.shape_ids.capacity() * (16 + 4 + 1);
@@ -667,6 +688,8 @@ struct Matching<'a> {
     seen: Vec<u64>,
     filter_ok: Vec<Option<bool>>,
     shape_ok: HashMap<u32, bool>,
+    /// Whether the alert is a polygon (exact geometry is costly).
+    polygon: bool,
     out: Vec<Match>,
 }
 
@@ -684,32 +707,34 @@ impl Matching<'_> {
     /// polygon alert, or exact geometry says so.
     fn entry_meets(&self, e: &Entry) -> bool {
         let Some(c) = e.center() else { return false };
-        if matches!(self.alert.target, Area::Polygon(_) | Area::MultiPolygon(_))
-            && self.covers.inside9().contains(&e.center9)
-        {
+        if self.polygon && self.covers.inside9().contains(&e.center9) {
             return true;
         }
         self.prepared.disc_intersects(c, f64::from(e.reach_m))
     }
 
+    /// Whether subscriber `id` is not emitted yet, its filter accepts the alert and this
+    /// shard owns the pair.
+    fn may_emit(&mut self, id: u32) -> bool {
+        if self.seen[id as usize / 64] & (1u64 << (id % 64)) != 0 {
+            return false;
+        }
+        let Some(sub) = self.inner.subs[id as usize].as_ref() else { return false };
+        let f = sub.filter as usize;
+        let accepted = *self.filter_ok[f].get_or_insert_with(|| self.inner.filters[f].accepts(self.alert));
+        accepted
+            && owner_shard(self.alert_shards, sub.home, &self.inner.shard_sets[sub.shard_set as usize])
+                == Some(self.shard)
+    }
+
     /// Emits subscriber `id`, one of whose places meets the alert, once, when its filter
     /// accepts the alert and this shard owns the pair.
     fn visit(&mut self, id: u32) {
-        let (word, bit) = (id as usize / 64, 1u64 << (id % 64));
-        if self.seen[word] & bit != 0 {
+        if !self.may_emit(id) {
             return;
         }
-        self.seen[word] |= bit;
+        self.seen[id as usize / 64] |= 1u64 << (id % 64);
         let Some(sub) = self.inner.subs[id as usize].as_ref() else { return };
-        let f = sub.filter as usize;
-        let accepted = *self.filter_ok[f].get_or_insert_with(|| self.inner.filters[f].accepts(self.alert));
-        if !accepted {
-            return;
-        }
-        let shards = &self.inner.shard_sets[sub.shard_set as usize];
-        if owner_shard(self.alert_shards, sub.home, shards) != Some(self.shard) {
-            return;
-        }
         self.out.push(Match {
             tenant: Arc::clone(&self.inner.tenants[usize::from(sub.tenant)]),
             subscriber_id: Arc::clone(&sub.id),
