@@ -22,7 +22,7 @@ target/debug/hexcast-fuzz-seeds --data "$data" --out fuzz/corpus >&2
 for d in fuzz/seeds/*/; do
     t=$(basename "$d")
     mkdir -p "fuzz/corpus/$t"
-    cp "$d"* "fuzz/corpus/$t/"
+    find "$d" -maxdepth 1 -type f -exec cp {} "fuzz/corpus/$t/" \;
 done
 
 (cd fuzz && cargo +nightly fuzz build -O)

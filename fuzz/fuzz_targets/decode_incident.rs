@@ -8,7 +8,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let mut events = Vec::new();
     let mut dedup = hexcast_dedup::Dedup::new(hexcast_dedup::DedupConfig::default());
     let _ = dedup.process(incident, &hexcast_fuzz::ctx(), &mut events);
-    let mut policy = hexcast_policy::Policy::new(hexcast_policy::PolicyConfig::seed());
+    let mut policy = hexcast_fuzz::policy();
     for e in events {
         let mut out = Vec::new();
         let _ = policy.process(e, &hexcast_fuzz::ctx(), &mut out);

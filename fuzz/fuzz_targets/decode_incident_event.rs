@@ -6,7 +6,7 @@ use hexcast_core::{FromRecord, IncidentEvent, Stage};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(event) = IncidentEvent::from_record(&hexcast_fuzz::record(data)) else { return };
-    let mut policy = hexcast_policy::Policy::new(hexcast_policy::PolicyConfig::seed());
+    let mut policy = hexcast_fuzz::policy();
     let mut out = Vec::new();
     let _ = policy.process(event, &hexcast_fuzz::ctx(), &mut out);
     let spatial = hexcast_spatial::Spatial::new(Default::default(), 6);

@@ -1,8 +1,20 @@
 //! Shared pieces of the fuzz targets: the raw-record path of ingest, and the record path
 //! every protobuf-consuming stage uses (`FromRecord`, i.e. decode then domain conversion).
 
+use std::sync::LazyLock;
+
 use hexcast_core::{FromRecord, InRecord, StageCtx, Timestamp, header};
 use hexcast_ingest::{Ingest, RawIncident};
+use hexcast_policy::PolicyConfig;
+
+/// Built once: parsing the built-in mappings per input would dominate every run.
+static INGEST: LazyLock<Ingest> = LazyLock::new(Ingest::default);
+static POLICY: LazyLock<PolicyConfig> = LazyLock::new(PolicyConfig::seed);
+
+/// The seed policy.
+pub fn policy() -> hexcast_policy::Policy {
+    hexcast_policy::Policy::new(POLICY.clone())
+}
 
 /// A fixed "now" (2027-01-15), so that runs are reproducible.
 pub const NOW: Timestamp = Timestamp(1_800_000_000_000);
@@ -25,7 +37,7 @@ pub fn ingest(format: &str, payload: &[u8]) {
         ],
     };
     let Ok(raw) = RawIncident::from_record(&record) else { return };
-    let Ok(n) = Ingest::default().normalize(&raw, NOW) else { return };
+    let Ok(n) = INGEST.normalize(&raw, NOW) else { return };
     for incident in n.incidents {
         let pb = hexcast_proto::v1::Incident::from(&incident);
         let back = hexcast_core::Incident::try_from(pb);
