@@ -10,7 +10,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = dedup.process(incident, &hexcast_fuzz::ctx(), &mut events);
     let mut policy = hexcast_fuzz::policy();
     for e in events {
+        let hexcast_dedup::DedupOut::Event(e) = e else { continue };
         let mut out = Vec::new();
-        let _ = policy.process(e, &hexcast_fuzz::ctx(), &mut out);
+        let _ = policy.process(*e, &hexcast_fuzz::ctx(), &mut out);
     }
 });

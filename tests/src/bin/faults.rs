@@ -278,6 +278,8 @@ fn expected(
             let mut events = Vec::new();
             let _ = dedup.process(inc, &ctx, &mut events);
             for ev in events {
+                let hexcast_dedup::DedupOut::Event(ev) = ev else { continue };
+                let ev = *ev;
                 let mut outs = Vec::new();
                 let _ = policy.process(ev, &ctx, &mut outs);
                 for o in outs {
@@ -403,7 +405,7 @@ async fn publish(topic: &str, key: &str, payload: &[u8], producer: &FutureProduc
         .insert(Header { key: header::FORMAT, value: Some("cad-json") })
         .insert(Header { key: header::SOURCE, value: Some("faults") });
     let rec = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
-    producer.send(rec, Duration::from_secs(600)).await.map_err(|(e, _)| anyhow::anyhow!("publishing {key}: {e}"))?;
+    producer.send(rec, Duration::from_secs(30)).await.map_err(|(e, _)| anyhow::anyhow!("publishing {key}: {e}"))?;
     Ok(())
 }
 
@@ -525,26 +527,57 @@ async fn main() -> anyhow::Result<()> {
         )));
     }
 
-    // The feed, in its own task; the producer never gives up on a record (the broker is
-    // restarted meanwhile), and idempotence keeps its retries from duplicating one.
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
-        .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "0")
-        .set("linger.ms", "5")
-        .create()?;
+    // The feed, in its own task. An idempotent producer with a bounded delivery timeout:
+    // a record not acknowledged in time (the broker is restarted meanwhile) is sent again
+    // on a fresh producer. A resend may duplicate a raw record that did land; the pipeline
+    // must absorb that too (dedup drops exact repeats), so the check below is unchanged.
+    let make_producer = {
+        let brokers = args.brokers.clone();
+        move || -> anyhow::Result<FutureProducer> {
+            Ok(ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("enable.idempotence", "true")
+                .set("message.timeout.ms", "20000")
+                .set("linger.ms", "5")
+                .create()?)
+        }
+    };
+    let producer = Arc::new(Mutex::new((0u64, make_producer()?)));
+    let resends = Arc::new(AtomicU64::new(0));
     let raw_topic = format!("{prefix}.incidents.raw");
     let feed = {
         let raws = raws.clone();
         let rate = args.rate;
+        let resends = Arc::clone(&resends);
         tokio::spawn(async move {
             let t0 = tokio::time::Instant::now();
             let mut pending = Vec::new();
             for (i, (key, payload)) in raws.into_iter().enumerate() {
                 tokio::time::sleep_until(t0 + Duration::from_secs_f64(i as f64 / rate)).await;
-                let p = producer.clone();
+                let producer = Arc::clone(&producer);
+                let make_producer = make_producer.clone();
+                let resends = Arc::clone(&resends);
                 let t = raw_topic.clone();
-                pending.push(tokio::spawn(async move { publish(&t, &key, &payload, &p).await }));
+                pending.push(tokio::spawn(async move {
+                    for _attempt in 0..30 {
+                        let (generation, p) = {
+                            let g = producer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            (g.0, g.1.clone())
+                        };
+                        match publish(&t, &key, &payload, &p).await {
+                            Ok(()) => return anyhow::Ok(()),
+                            Err(e) => {
+                                resends.fetch_add(1, Ordering::Relaxed);
+                                eprintln!("faults: {e}; sending it again on a fresh producer");
+                                let mut g = producer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                                if g.0 == generation {
+                                    *g = (generation + 1, make_producer()?);
+                                }
+                            }
+                        }
+                    }
+                    anyhow::bail!("record {key} could not be published")
+                }));
             }
             for p in pending {
                 p.await??;
@@ -684,6 +717,7 @@ async fn main() -> anyhow::Result<()> {
         "broker_restarts": broker_restarts,
         "push_instances_added_removed": 1,
         "backend_reconnects": got.reconnects.load(Ordering::Relaxed),
+        "raw_resends": resends.load(Ordering::Relaxed),
         "drain_s": (t0.elapsed() - fed_at).as_secs_f64().round(),
         "total_s": started.elapsed().as_secs_f64().round(),
     });

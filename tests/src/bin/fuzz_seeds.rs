@@ -117,6 +117,8 @@ fn main() -> anyhow::Result<()> {
             let mut events = Vec::new();
             let _ = dedup.process(incident, &ctx, &mut events);
             for e in events {
+                let hexcast_dedup::DedupOut::Event(e) = e else { continue };
+                let e = *e;
                 out.put("decode_incident_event", &pb::IncidentEvent::from(&e).encode_to_vec())?;
                 let mut outs = Vec::new();
                 let _ = policy.process(e, &ctx, &mut outs);
