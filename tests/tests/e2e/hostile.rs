@@ -26,7 +26,7 @@ fn cap(id: &str, sent: &str, polygon: &str) -> Vec<u8> {
         r#"<?xml version="1.0" encoding="UTF-8"?>
 <alert xmlns="urn:oasis:names:tc:emergency:cap:1.2"><identifier>{id}</identifier><sender>fd@example.org</sender>
 <sent>{sent}</sent><status>Actual</status><msgType>Alert</msgType><scope>Public</scope>
-<info><category>Fire</category><event>Structure Fire</event><urgency>Immediate</urgency><severity>Severe</severity>
+<info><category>Safety</category><event>Explosion</event><urgency>Immediate</urgency><severity>Severe</severity>
 <certainty>Observed</certainty><headline>h</headline><area><areaDesc>a</areaDesc><polygon>{polygon}</polygon></area></info></alert>"#
     )
     .into_bytes()
