@@ -5,6 +5,8 @@
 #
 #   scripts/kafka.sh fetch           download the jars once (cached, idempotent)
 #   scripts/kafka.sh start           fresh broker; prints 127.0.0.1:PORT on stdout
+#   scripts/kafka.sh resume          start again on the data dir of an earlier start,
+#                                    keeping every topic, offset and transaction
 #   scripts/kafka.sh stop            SIGTERM, then SIGKILL after a timeout
 #   scripts/kafka.sh status          exit 0 if running, 3 if not
 #   scripts/kafka.sh version         Kafka version of the (cached) jars
@@ -350,11 +352,11 @@ EOF
 }
 
 cmd_start() {
-  local pid t0=$SECONDS t0_real=$EPOCHREALTIME
+  local keep=${1:-} pid t0=$SECONDS t0_real=$EPOCHREALTIME
   ensure_fetched
 
   if pid=$(running_pid); then
-    log "a broker is already running here (pid $pid); stopping it for a fresh start"
+    log "a broker is already running here (pid $pid); stopping it to start again"
     terminate "$pid"
   fi
   local p
@@ -364,16 +366,23 @@ cmd_start() {
     fi
   done
 
-  prepare_data_dir
-  write_config
+  if [[ -n "$keep" ]]; then
+    # resume: the formatted log dir of an earlier start, kept as it is.
+    [[ -f "$DATA_MARKER" && -f "$DATA_DIR/logs/meta.properties" ]] \
+      || die "nothing to resume in $DATA_DIR (run start first)"
+    write_config
+  else
+    prepare_data_dir
+    write_config
 
-  local cluster_id
-  cluster_id=$(new_cluster_id)
-  # --standalone makes this node the sole voter of a dynamic quorum, which
-  # is what controller.quorum.bootstrap.servers (vs. .voters) calls for.
-  java "${SHORT_JVM[@]}" -cp "$LIB/*" kafka.tools.StorageTool \
-    format --standalone -t "$cluster_id" -c "$CONFIG" >"$DATA_DIR/format.log" 2>&1 \
-    || { cat "$DATA_DIR/format.log" >&2; die "storage format failed"; }
+    local cluster_id
+    cluster_id=$(new_cluster_id)
+    # --standalone makes this node the sole voter of a dynamic quorum, which
+    # is what controller.quorum.bootstrap.servers (vs. .voters) calls for.
+    java "${SHORT_JVM[@]}" -cp "$LIB/*" kafka.tools.StorageTool \
+      format --standalone -t "$cluster_id" -c "$CONFIG" >"$DATA_DIR/format.log" 2>&1 \
+      || { cat "$DATA_DIR/format.log" >&2; die "storage format failed"; }
+  fi
 
   # setsid: the broker outlives this script and is not hit by signals sent
   # to the caller's process group (Ctrl-C on a test run, a closing terminal).
@@ -386,7 +395,7 @@ cmd_start() {
     -Dlog4j2.configurationFile="$DATA_DIR/log4j2.properties" \
     -Dkafka.logs.dir="$DATA_DIR" \
     -cp "$LIB/*" kafka.Kafka "$CONFIG" \
-    >"$LOG_FILE" 2>&1 </dev/null &
+    >>"$LOG_FILE" 2>&1 </dev/null &
   local launcher=$!
 
   # The check retries on its own, so its JVM starts alongside the broker's
@@ -490,6 +499,7 @@ usage() {
 case "${1:-}" in
   fetch) cmd_fetch ;;
   start) cmd_start ;;
+  resume) cmd_start keep ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
   version) cmd_version ;;

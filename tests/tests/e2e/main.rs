@@ -4,6 +4,7 @@
 mod auth;
 mod common;
 mod dedup_restart;
+mod hostile;
 mod interop;
 mod lifecycle;
 mod pipeline;

@@ -1,0 +1,6 @@
+//! The `eido-json` feed parser, through the ingest stage's record path.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    hexcast_fuzz::ingest("eido-json", data);
+});
