@@ -7,6 +7,7 @@ mod dedup_restart;
 mod interop;
 mod lifecycle;
 mod pipeline;
+mod requests;
 mod resume;
 mod review;
 mod runner_crash;
