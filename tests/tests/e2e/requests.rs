@@ -364,6 +364,26 @@ async fn cardiac_arrest_alert_carries_the_public_aeds_within_400_m_nearest_first
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().starts_with("asset.kind:"), "{}", status.message());
 
+    // Owners are isolated: another tenant cannot update or delete an asset it does not own
+    // (its key space is its own), and the owner's asset is unchanged.
+    let status = assets
+        .update(bearer(BETA.1, register("aed-30", "aed", c.destination(0.0, 5_000.0), Public)))
+        .await
+        .expect_err("not beta's");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let deleted = assets.delete(bearer(BETA.1, pb::DeleteAssetRequest { asset_id: "aed-30".into() })).await;
+    assert!(!deleted.expect("delete").into_inner().existed);
+    // An update moves an asset: the 300 m one goes to 900 m and back.
+    assets
+        .update(bearer(ALPHA.1, register("aed-300", "aed", c.destination(0.0, 900.0), Public)))
+        .await
+        .expect("update");
+    assert_eq!(lookup_keys(&assets, ALPHA.1, c).await, ["alpha/aed-30", "beta/aed-150"]);
+    assets
+        .update(bearer(ALPHA.1, register("aed-300", "aed", c.destination(0.0, 300.0), Public)))
+        .await
+        .expect("update");
+
     // Lookups by role: agencies see public and agency assets, backends public ones, nobody
     // the owner-consent one.
     let lookup = |token: &'static str| {
@@ -416,6 +436,12 @@ async fn cardiac_arrest_alert_carries_the_public_aeds_within_400_m_nearest_first
 
     shutdown.cancel();
     running.join().await.expect("clean shutdown");
+}
+
+async fn lookup_keys(assets: &AssetsClient<Channel>, token: &str, c: LatLng) -> Vec<String> {
+    let req = pb::NearbyLookupRequest { point: Some(c.into()), radius_m: 400.0, kinds: vec!["aed".into()], limit: 0 };
+    let found = assets.clone().nearby_lookup(bearer(token, req)).await.expect("lookup").into_inner().assets;
+    found.into_iter().map(|a| a.asset_key).collect()
 }
 
 /// No message an agency can receive from Requests has a field that could carry a recipient
