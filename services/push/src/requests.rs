@@ -9,6 +9,8 @@
 //! the answer nor its timing depends on who or how many receive it. Backends get it on
 //! Push.Subscribe (NotificationBatch.request), exactly once and resumable like any alert.
 //!
+//! Cancel routes the request once more, cancelled, so that the same subscribers are told.
+//!
 //! Respond (backends only, for one of their own subscribers) writes a yes to
 //! `requests.responses` with a random response id and the shared content; a no is
 //! acknowledged with the same empty answer and written nowhere. StreamResponses (agencies,
@@ -20,7 +22,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hexcast_core::cells::{cover, partition_for_key};
-use hexcast_core::{Alert, Area, Category, IndexedAlert, LatLng, Timestamp, Topic};
+use hexcast_core::{Alert, Area, Category, EventKind, IndexedAlert, LatLng, Timestamp, Topic};
 use hexcast_proto::v1 as pb;
 use hexcast_proto::v1::requests_server::Requests;
 use prost::Message as _;
@@ -252,6 +254,44 @@ impl RequestsService {
         self.send(Topic::Transparency, &r.agency, &entry.encode_to_vec(), None)
     }
 
+    /// The `alerts.indexed` records that route `r` to the matchers: a synthetic alert over
+    /// its area (category `public.request`) carrying the request, one record per shard the
+    /// area touches, as the spatial stage routes an alert. `kind` is `New` for a created
+    /// request and `Close` for a cancellation (which reaches the same subscribers, with the
+    /// request's state cancelled).
+    fn routed(
+        &self,
+        r: &pb::GeoRequest,
+        area: &Area,
+        kind: EventKind,
+        now: Timestamp,
+    ) -> Result<Vec<IndexedAlert>, Status> {
+        let category = Category::parse(REQUEST_CATEGORY).map_err(|e| Status::internal(e.to_string()))?;
+        let mut alert = Alert::synthetic(&format!("request:{}", r.request_id), category, area.clone());
+        alert.kind = kind;
+        alert.issued_at = now;
+        alert.occurred_at = Timestamp(r.window_start_ms);
+        alert.headline = "Request for help from a public agency".into();
+        alert.rule = "request".into();
+        let spatial = hexcast_spatial::Spatial::new(self.state.geo, self.state.shards.shards);
+        let mut routed = spatial.index(alert).map_err(|e| PushError::invalid("area", e))?;
+        for ia in &mut routed {
+            ia.request = Some(r.clone());
+        }
+        Ok(routed)
+    }
+
+    /// Queues routed records on their shards' partitions of `alerts.indexed`.
+    fn send_routed(&self, routed: &[IndexedAlert]) -> Result<Vec<DeliveryFuture>, PushError> {
+        routed
+            .iter()
+            .map(|ia| {
+                let payload = pb::IndexedAlert::from(ia).encode_to_vec();
+                self.send(Topic::Indexed, &ia.alert.alert_id, &payload, Some(ia.shard as i32))
+            })
+            .collect()
+    }
+
     /// The agency's own request, or NOT_FOUND exactly as for an unknown id.
     fn own(&self, agency: &str, raw_id: &str) -> Result<pb::GeoRequest, PushError> {
         let id = raw_id.trim();
@@ -279,24 +319,12 @@ impl Requests for RequestsService {
         let agency = tenant_with_role(&req, Role::Agency)?;
         let now = (self.state.rt.clock)();
         let (stored, area) = validated_request(&self.cfg, &agency, req.into_inner(), now)?;
-        // The synthetic alert that carries the request through the matchers.
-        let category = Category::parse(REQUEST_CATEGORY).map_err(|e| Status::internal(e.to_string()))?;
-        let mut alert = Alert::synthetic(&format!("request:{}", stored.request_id), category, area.clone());
-        alert.issued_at = now;
-        alert.occurred_at = Timestamp(stored.window_start_ms);
-        alert.headline = "Request for help from a public agency".into();
-        alert.rule = "request".into();
-        let spatial = hexcast_spatial::Spatial::new(self.state.geo, self.state.shards.shards);
-        let routed: Vec<IndexedAlert> = spatial.index(alert).map_err(|e| PushError::invalid("area", e))?;
+        let routed = self.routed(&stored, &area, EventKind::New, now)?;
         // Transparency first: nothing reaches anyone without being in the public log.
         settle(vec![self.transparency(&stored, &area, now)?]).await?;
         let mut pending = vec![self.send(Topic::Requests, &stored.request_id, &stored.encode_to_vec(), None)?];
         self.store.put(stored.clone());
-        for mut r in routed {
-            r.request = Some(stored.clone());
-            let payload = pb::IndexedAlert::from(&r).encode_to_vec();
-            pending.push(self.send(Topic::Indexed, &r.alert.alert_id, &payload, Some(r.shard as i32))?);
-        }
+        pending.extend(self.send_routed(&routed)?);
         settle(pending).await?;
         Ok(Response::new(stored))
     }
@@ -319,10 +347,13 @@ impl Requests for RequestsService {
             .as_ref()
             .and_then(|a| Area::try_from(a).ok())
             .ok_or_else(|| Status::internal("stored request without a valid area"))?;
-        let pending = vec![
+        let routed = self.routed(&r, &area, EventKind::Close, now)?;
+        let mut pending = vec![
             self.transparency(&r, &area, now)?,
             self.send(Topic::Requests, &r.request_id, &r.encode_to_vec(), None)?,
         ];
+        // The recipients learn of the cancellation the way they learned of the request.
+        pending.extend(self.send_routed(&routed)?);
         settle(pending).await?;
         self.store.put(r.clone());
         Ok(Response::new(r))

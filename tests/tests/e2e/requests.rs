@@ -266,6 +266,13 @@ async fn request_reaches_its_area_and_the_agency_sees_exactly_the_two_yeses() {
     assert_eq!(cancelled.into_inner().state, pb::RequestState::Cancelled as i32);
     let status = requests.respond(bearer(BETA.1, yes("beta-inside-south", "late"))).await.expect_err("cancelled");
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    // The recipients are told, on the same durable path: beta's stream from the start now
+    // holds the request and its cancellation for its one subscriber.
+    let beta = receive(channel.clone(), BETA.1, 2).await;
+    let states: Vec<(i32, Vec<String>)> =
+        beta.iter().map(|b| (b.request.as_ref().map_or(0, |r| r.state), b.subscriber_ids.clone())).collect();
+    let inside = vec!["beta-inside-south".to_owned()];
+    assert_eq!(states, [(pb::RequestState::Open as i32, inside.clone()), (pb::RequestState::Cancelled as i32, inside)]);
 
     // The public transparency log has the request made and cancelled, with coarse cells
     // and no recipient data; the responses topic has no decline.
