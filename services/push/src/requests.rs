@@ -160,6 +160,39 @@ fn across_m(area: &Area) -> Option<f64> {
     }
 }
 
+/// The smallest circle we bound a request area by: a circle itself, or a polygon's vertex
+/// centroid and its farthest vertex.
+fn bounding_circle(area: &Area) -> Option<(LatLng, f64)> {
+    match area {
+        Area::Circle { center, radius_m } => Some((*center, *radius_m)),
+        Area::Polygon(p) => {
+            let pts: Vec<LatLng> = p.exterior().coords().filter_map(|c| LatLng::new(c.y, c.x).ok()).collect();
+            let n = pts.len().max(1) as f64;
+            let c =
+                LatLng::new(pts.iter().map(|p| p.lat()).sum::<f64>() / n, pts.iter().map(|p| p.lng()).sum::<f64>() / n)
+                    .ok()?;
+            Some((c, pts.iter().map(|p| c.distance_m(*p)).fold(0.0, f64::max)))
+        }
+        _ => None,
+    }
+}
+
+/// Whether a stored subscriber's places may meet a request area: conservative (a true
+/// recipient is never refused; a subscriber a little outside may pass), so that a backend
+/// can answer only for subscribers the request could have reached, without the matcher's
+/// internals.
+pub fn may_have_received(sub: &hexcast_core::Subscription, area: &Area) -> bool {
+    use hexcast_core::Place;
+    use hexcast_core::cells::{centroid, circumradius_m};
+    let Some((center, radius)) = bounding_circle(area) else { return false };
+    let near =
+        |cell: h3o::CellIndex, extra: f64| centroid(cell).distance_m(center) <= radius + extra + circumradius_m(cell);
+    sub.places.iter().any(|p| match p {
+        Place::Disc { cell, radius_m } => near(*cell, f64::from(*radius_m)),
+        Place::Cells(cells) => cells.iter().any(|c| near(*c, 0.0)),
+    })
+}
+
 /// Validates a Create call, naming the field of the first problem; the request as it
 /// will be stored (id, agency, times and state set).
 pub fn validated_request(
@@ -366,8 +399,14 @@ impl Requests for RequestsService {
         let request = self.store.get(&id).ok_or_else(|| PushError::NotFound(format!("request `{id}`")))?;
         let subscriber = subscriber_id("subscriber_id", &r.subscriber_id)?;
         let key = hexcast_core::model::subscription_key(&tenant, &subscriber);
-        if self.state.index.get(&key).is_none() {
-            return Err(PushError::NotFound(format!("subscriber `{subscriber}`")).into());
+        let sub =
+            self.state.index.get(&key).ok_or_else(|| PushError::NotFound(format!("subscriber `{subscriber}`")))?;
+        let area = request.area.as_ref().and_then(|a| Area::try_from(a).ok());
+        if !area.is_some_and(|a| may_have_received(&sub, &a)) {
+            return Err(PushError::FailedPrecondition(format!(
+                "subscriber `{subscriber}` is not in the request's area"
+            ))
+            .into());
         }
         let now = (self.state.rt.clock)();
         if request.state != pb::RequestState::Open as i32 {
@@ -535,6 +574,30 @@ mod tests {
         assert_eq!(ok.state, pb::RequestState::Open as i32);
         let other = v(create(400.0, h, 2 * h, "c", "t")).map(|(r, _)| r.request_id).unwrap_or_default();
         assert_ne!(other, ok.request_id, "ids are random");
+    }
+
+    #[test]
+    fn only_subscribers_near_the_area_may_answer() -> anyhow::Result<()> {
+        let c = LatLng::new(40.0, -75.0)?;
+        let area = Area::circle(c, 200.0)?;
+        let sub = |places| hexcast_core::Subscription {
+            tenant: "t".into(),
+            subscriber_id: "s".into(),
+            places,
+            filter: Default::default(),
+            shards: vec![],
+            updated_at: Timestamp(0),
+        };
+        let disc = |d: f64, r: f32| hexcast_core::Place::Disc {
+            cell: c.destination(0.0, d).cell(h3o::Resolution::Eleven),
+            radius_m: r,
+        };
+        assert!(may_have_received(&sub(vec![disc(150.0, 0.0)]), &area));
+        assert!(!may_have_received(&sub(vec![disc(2_000.0, 0.0)]), &area));
+        assert!(may_have_received(&sub(vec![disc(2_000.0, 1_900.0)]), &area), "a wide circle reaching in");
+        let cells = hexcast_core::Place::Cells(vec![c.destination(90.0, 100.0).cell(h3o::Resolution::Ten)]);
+        assert!(may_have_received(&sub(vec![disc(5_000.0, 0.0), cells]), &area));
+        Ok(())
     }
 
     #[test]

@@ -195,6 +195,9 @@ async fn request_reaches_its_area_and_the_agency_sees_exactly_the_two_yeses() {
     // A backend answers only for its own subscribers.
     let status = requests.respond(bearer(BETA.1, yes("alpha-inside-east", "x"))).await.expect_err("not beta's");
     assert_eq!(status.code(), tonic::Code::NotFound);
+    // ...and only for subscribers the request could have reached.
+    let status = requests.respond(bearer(ALPHA.1, yes("alpha-outside", "x"))).await.expect_err("outside");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     // An agency cannot answer.
     let status = requests.respond(bearer(PD.1, yes("alpha-inside-east", "x"))).await.expect_err("agency");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
