@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "hexcast/v1/geo.proto",
         "hexcast/v1/incident.proto",
+        "hexcast/v1/requests.proto",
         "hexcast/v1/alert.proto",
         "hexcast/v1/subscription.proto",
         "hexcast/v1/notification.proto",

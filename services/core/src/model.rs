@@ -518,6 +518,8 @@ pub struct IndexedAlert {
     pub shards: Vec<u32>,
     /// Territories the alert touches (cells at the territory resolution), sorted.
     pub cells: Vec<CellIndex>,
+    /// The geofenced request this record routes, if it is one (see `Requests.Create`).
+    pub request: Option<pb::GeoRequest>,
 }
 
 impl From<&IndexedAlert> for pb::IndexedAlert {
@@ -527,6 +529,7 @@ impl From<&IndexedAlert> for pb::IndexedAlert {
             shard: a.shard,
             shards: a.shards.clone(),
             cells: a.cells.iter().map(|&c| u64::from(c)).collect(),
+            request: a.request.clone(),
         }
     }
 }
@@ -545,6 +548,7 @@ impl TryFrom<pb::IndexedAlert> for IndexedAlert {
             shard: p.shard,
             shards: p.shards,
             cells: cells_from(&p.cells, "cells")?,
+            request: p.request,
         })
     }
 }
@@ -704,6 +708,10 @@ pub struct NotificationBatch {
     pub part: u32,
     /// Number of parts.
     pub parts: u32,
+    /// The geofenced request, when this notification is one.
+    pub request: Option<pb::GeoRequest>,
+    /// Visible assets near the alert, nearest first.
+    pub nearby_assets: Vec<pb::NearbyAsset>,
 }
 
 impl From<&NotificationBatch> for pb::NotificationBatch {
@@ -715,6 +723,8 @@ impl From<&NotificationBatch> for pb::NotificationBatch {
             cursor: String::new(),
             part: n.part,
             parts: n.parts,
+            request: n.request.clone(),
+            nearby_assets: n.nearby_assets.clone(),
         }
     }
 }

@@ -45,11 +45,19 @@ pub enum Topic {
     Notifications,
     /// Dedup's state changelog (compacted), keyed by report id.
     DedupState,
+    /// Geofenced requests (compacted), keyed by request id.
+    Requests,
+    /// Consented answers to requests, keyed by request id (declines are never written).
+    RequestResponses,
+    /// Public transparency log of requests, keyed by agency; no recipient data.
+    Transparency,
+    /// Registered assets (compacted), keyed `<owner>/<asset id>`.
+    Assets,
 }
 
 impl Topic {
     /// Every topic, in pipeline order.
-    pub const ALL: [Topic; 11] = [
+    pub const ALL: [Topic; 15] = [
         Topic::Raw,
         Topic::Normalized,
         Topic::DeadLetter,
@@ -61,6 +69,10 @@ impl Topic {
         Topic::Subscriptions,
         Topic::Notifications,
         Topic::DedupState,
+        Topic::Requests,
+        Topic::RequestResponses,
+        Topic::Transparency,
+        Topic::Assets,
     ];
 
     /// The topic's base name (before any configured prefix).
@@ -77,6 +89,10 @@ impl Topic {
             Topic::Subscriptions => "subscriptions",
             Topic::Notifications => "notifications",
             Topic::DedupState => "dedup.state",
+            Topic::Requests => "requests",
+            Topic::RequestResponses => "requests.responses",
+            Topic::Transparency => "transparency",
+            Topic::Assets => "assets",
         }
     }
 

@@ -47,6 +47,7 @@ pub const CATEGORIES: &[(&str, &str)] = &[
     ("public.evacuation", "evacuation order"),
     ("public.shelter", "shelter in place"),
     ("public.test", "test message"),
+    ("public.request", "geofenced request from an agency (Requests service), never from a feed"),
     ("weather.tornado", "tornado"),
     ("weather.flood", "flood or flash flood"),
     ("weather.storm", "severe thunderstorm or winter storm"),

@@ -113,6 +113,7 @@ pub async fn run(args: &PushBenchArgs) -> anyhow::Result<serde_json::Value> {
             part: r as u32,
             parts: records as u32,
             cursor: String::new(),
+            ..Default::default()
         };
         let payload = batch.encode_to_vec();
         let rec = FutureRecord::to(&topic).key(TENANT).payload(&payload).partition(partition);

@@ -12,10 +12,39 @@ use tonic::{Request, Status};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant(pub Arc<str>);
 
-/// Token -> tenant.
+/// What a tenant is allowed to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A push backend: Push, Subscriptions, Requests.Respond, Assets (its own).
+    #[default]
+    Backend,
+    /// An authorized agency: Requests (Create, Get, Cancel, StreamResponses), Assets
+    /// (its own, and NearbyLookup with agency visibility). No Push or Subscriptions.
+    Agency,
+}
+
+/// Token -> tenant and role.
 #[derive(Clone, Default)]
 pub struct Tokens {
-    by_token: Arc<HashMap<String, Arc<str>>>,
+    by_token: Arc<HashMap<String, (Arc<str>, Role)>>,
+}
+
+/// One entry of the tokens file: `tenant = "token"` (a backend) or
+/// `tenant = { token = "...", role = "agency" }`.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Entry {
+    Token(String),
+    Full(FullEntry),
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FullEntry {
+    token: String,
+    #[serde(default)]
+    role: Role,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -35,36 +64,71 @@ pub fn valid_tenant(name: &str) -> bool {
 }
 
 impl Tokens {
-    /// From `(tenant, token)` pairs.
+    /// From `(tenant, token)` pairs, all backends.
     pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
-        let by_token = pairs.into_iter().map(|(tenant, token)| (token, Arc::<str>::from(tenant))).collect();
+        Self::with_roles(pairs.into_iter().map(|(tenant, token)| (tenant, token, Role::Backend)))
+    }
+
+    /// From `(tenant, token, role)` triples.
+    pub fn with_roles(entries: impl IntoIterator<Item = (String, String, Role)>) -> Self {
+        let by_token =
+            entries.into_iter().map(|(tenant, token, role)| (token, (Arc::<str>::from(tenant), role))).collect();
         Self { by_token: Arc::new(by_token) }
     }
 
-    /// From a TOML file of `tenant = "token"` lines.
+    /// From a TOML file of `tenant = "token"` lines (backends) and
+    /// `tenant = { token = "...", role = "agency" }` entries.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("reading tokens file {}: {e}", path.display()))?;
-        let table: std::collections::BTreeMap<String, String> =
+        let entries: std::collections::BTreeMap<String, Entry> =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("tokens file {}: {}", path.display(), e.message()))?;
+        let table: std::collections::BTreeMap<String, (String, Role)> = entries
+            .into_iter()
+            .map(|(tenant, e)| match e {
+                Entry::Token(token) => (tenant, (token, Role::Backend)),
+                Entry::Full(FullEntry { token, role }) => (tenant, (token, role)),
+            })
+            .collect();
         if let Some(tenant) = table.keys().find(|t| !valid_tenant(t)) {
             anyhow::bail!(
                 "tokens file {}: tenant `{tenant}`: must be 1-64 characters of A-Z, a-z, 0-9, '_', '-', '.'",
                 path.display()
             );
         }
-        if let Some((tenant, _)) = table.iter().find(|(_, t)| t.len() < 16) {
+        if let Some((tenant, _)) = table.iter().find(|(_, (t, _))| t.len() < 16) {
             anyhow::bail!("tokens file {}: token of tenant `{tenant}` is shorter than 16 characters", path.display());
         }
-        Ok(Self::new(table))
+        Ok(Self::with_roles(table.into_iter().map(|(tenant, (token, role))| (tenant, token, role))))
     }
 
     /// The tenant of a bearer token.
     pub fn tenant(&self, token: &str) -> Option<Arc<str>> {
+        self.tenant_role(token).map(|(t, _)| t)
+    }
+
+    /// The tenant and role of a bearer token.
+    pub fn tenant_role(&self, token: &str) -> Option<(Arc<str>, Role)> {
         self.by_token
             .iter()
             .find(|(t, _)| constant_time_eq(t.as_bytes(), token.as_bytes()))
-            .map(|(_, tenant)| Arc::clone(tenant))
+            .map(|(_, (tenant, role))| (Arc::clone(tenant), *role))
+    }
+
+    /// An interceptor that authenticates every request and refuses, with
+    /// PERMISSION_DENIED, tenants whose role is not in `roles`.
+    pub fn interceptor_for(
+        &self,
+        roles: &'static [Role],
+    ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
+        let inner = self.interceptor();
+        move |req: Request<()>| {
+            let req = inner(req)?;
+            match req.extensions().get::<Role>() {
+                Some(role) if roles.contains(role) => Ok(req),
+                _ => Err(Status::permission_denied("this service is not available to the caller's role")),
+            }
+        }
     }
 
     /// The interceptor that authenticates every request.
@@ -78,8 +142,10 @@ impl Tokens {
                 .ok()
                 .and_then(|h| h.strip_prefix("Bearer "))
                 .ok_or_else(|| Status::unauthenticated("malformed authorization header"))?;
-            let tenant = tokens.tenant(token.trim()).ok_or_else(|| Status::unauthenticated("invalid bearer token"))?;
+            let (tenant, role) =
+                tokens.tenant_role(token.trim()).ok_or_else(|| Status::unauthenticated("invalid bearer token"))?;
             req.extensions_mut().insert(Tenant(tenant));
+            req.extensions_mut().insert(role);
             Ok(req)
         }
     }
@@ -91,6 +157,23 @@ pub fn tenant_of<T>(req: &Request<T>) -> Result<Arc<str>, Status> {
         .get::<Tenant>()
         .map(|t| Arc::clone(&t.0))
         .ok_or_else(|| Status::unauthenticated("not authenticated"))
+}
+
+/// The tenant of a request, if its role is `role`; PERMISSION_DENIED otherwise.
+pub fn tenant_with_role<T>(req: &Request<T>, role: Role) -> Result<Arc<str>, Status> {
+    let tenant = tenant_of(req)?;
+    match req.extensions().get::<Role>() {
+        Some(r) if *r == role => Ok(tenant),
+        _ => Err(Status::permission_denied(match role {
+            Role::Agency => "only agency tenants may call this",
+            Role::Backend => "only push backends may call this",
+        })),
+    }
+}
+
+/// The role the interceptor put on a request.
+pub fn role_of<T>(req: &Request<T>) -> Role {
+    req.extensions().get::<Role>().copied().unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -116,6 +199,22 @@ mod tests {
         let slash =
             load("slash", "\"a/b\" = \"alpha-token-0123456789\"\n").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(slash.contains("tenant `a/b`"), "{slash}");
+        let mixed = load(
+            "roles",
+            "alpha = \"alpha-token-0123456789\"\npd = { token = \"pd-token-0123456789ab\", role = \"agency\" }\n",
+        )?;
+        assert_eq!(mixed.tenant_role("alpha-token-0123456789"), Some((Arc::from("alpha"), Role::Backend)));
+        assert_eq!(mixed.tenant_role("pd-token-0123456789ab"), Some((Arc::from("pd"), Role::Agency)));
+        let bad_role = load("badrole", "pd = { token = \"pd-token-0123456789ab\", role = \"mayor\" }\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(bad_role.contains("tokens file"), "{bad_role}");
+        let short_agency = load("shortag", "pd = { token = \"short\", role = \"agency\" }\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(short_agency.contains("tenant `pd`"), "{short_agency}");
         Ok(())
     }
 

@@ -12,6 +12,12 @@ pub enum PushError {
     /// The subscriber or resource does not exist for this tenant.
     #[error("{0} not found")]
     NotFound(String),
+    /// The resource already exists.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The resource is not in a state that allows the call.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// Kafka could not take the write.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
@@ -29,6 +35,8 @@ impl From<PushError> for Status {
         match e {
             PushError::Invalid { .. } => Status::invalid_argument(e.to_string()),
             PushError::NotFound(_) => Status::not_found(e.to_string()),
+            PushError::AlreadyExists(_) => Status::already_exists(e.to_string()),
+            PushError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             PushError::Unavailable(detail) => {
                 tracing::warn!(%detail, "storage unavailable");
                 Status::unavailable("storage unavailable, retry later")

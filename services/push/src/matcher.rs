@@ -10,6 +10,7 @@ use hexcast_core::cells::{CoverError, partition_for_key};
 use hexcast_core::{IndexedAlert, NotificationBatch, OutRecord, ReasonCode, Stage, StageCtx, Topic};
 use hexcast_proto::v1 as pb;
 
+use crate::assets::{AssetIndex, EnrichRule, enrich};
 use crate::index::SubscriberIndex;
 
 /// Why an alert could not be matched.
@@ -32,12 +33,20 @@ pub struct Matcher {
     index: Arc<SubscriberIndex>,
     notification_partitions: u32,
     max_ids_per_record: usize,
+    assets: Option<(Arc<AssetIndex>, Arc<[EnrichRule]>)>,
 }
 
 impl Matcher {
     /// A matcher over a shared index.
     pub fn new(index: Arc<SubscriberIndex>, notification_partitions: u32, max_ids_per_record: usize) -> Self {
-        Self { index, notification_partitions, max_ids_per_record: max_ids_per_record.max(1) }
+        Self { index, notification_partitions, max_ids_per_record: max_ids_per_record.max(1), assets: None }
+    }
+
+    /// The same matcher, attaching the nearby public assets of `assets` to alerts that
+    /// `rules` name.
+    pub fn with_assets(mut self, assets: Arc<AssetIndex>, rules: Arc<[EnrichRule]>) -> Self {
+        self.assets = Some((assets, rules));
+        self
     }
 }
 
@@ -67,6 +76,11 @@ impl Stage for Matcher {
             }
             by_tenant.entry(m.tenant).or_default().push(m.subscriber_id.to_string());
         }
+        // A request carries itself and no assets; an alert its nearby public assets.
+        let nearby_assets = match (&input.request, &self.assets) {
+            (None, Some((assets, rules))) if !by_tenant.is_empty() => enrich(assets, rules, &input.alert),
+            _ => Vec::new(),
+        };
         for (tenant, mut ids) in by_tenant {
             ids.sort_unstable();
             let parts = ids.len().div_ceil(self.max_ids_per_record) as u32;
@@ -77,6 +91,8 @@ impl Stage for Matcher {
                     subscriber_ids: chunk.to_vec(),
                     part: part as u32,
                     parts,
+                    request: input.request.clone(),
+                    nearby_assets: nearby_assets.clone(),
                 };
                 let partition = tenant_partition(&tenant, self.notification_partitions);
                 out.push(

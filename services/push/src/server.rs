@@ -1,5 +1,6 @@
 //! Assembles the push service: the subscriber index and its loader, the matcher stage on
-//! the shared runner, and the gRPC server (Push, Subscriptions, health, reflection) behind
+//! the shared runner, the request and asset tables, and the gRPC server (Push,
+//! Subscriptions, Requests, Assets, health, reflection) behind
 //! bearer-token authentication, optionally over TLS (rustls). One call starts it all; one
 //! token stops it all, in this order: health NOT_SERVING, open streams end with UNAVAILABLE
 //! (the client resumes from its last cursor elsewhere), a grace period, then the listener
@@ -14,7 +15,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use hexcast_core::Topic;
 use hexcast_core::cells::{GeoConfig, ShardMap};
+use hexcast_proto::v1::assets_server::AssetsServer;
 use hexcast_proto::v1::push_server::PushServer;
+use hexcast_proto::v1::requests_server::RequestsServer;
 use hexcast_proto::v1::subscriptions_server::SubscriptionsServer;
 use hexcast_runtime::{FaultInjection, Runtime, StageHandle, spawn_stage};
 use serde::Deserialize;
@@ -23,10 +26,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Identity, ServerTlsConfig};
 
-use crate::auth::Tokens;
+use crate::assets::{AssetIndex, AssetsConfig, AssetsService};
+use crate::auth::{Role, Tokens};
 use crate::index::SubscriberIndex;
 use crate::loader::{LoaderStatus, spawn_loader};
 use crate::matcher::Matcher;
+use crate::requests::{RequestStore, RequestsConfig, RequestsService};
 use crate::service::{PushService, PushState, SubscriptionsService};
 
 /// How long requests still in flight after the grace period may take before their
@@ -74,6 +79,12 @@ pub struct PushConfig {
     /// (answering health checks, refusing new streams) before it closes.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// `[push.requests]`: geofenced requests from agency tenants.
+    #[serde(default)]
+    pub requests: RequestsConfig,
+    /// `[push.assets]`: registered assets and alert enrichment.
+    #[serde(default)]
+    pub assets: AssetsConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -146,6 +157,8 @@ impl Default for PushConfig {
             max_request_bytes: default_max_request_bytes(),
             max_response_bytes: default_max_response_bytes(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
+            requests: RequestsConfig::default(),
+            assets: AssetsConfig::default(),
         }
     }
 }
@@ -163,6 +176,10 @@ pub struct PushHandle {
     pub matcher: StageHandle,
     /// The gRPC server task.
     pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Registered assets.
+    pub assets: Arc<AssetIndex>,
+    /// Geofenced requests.
+    pub requests: Arc<RequestStore>,
 }
 
 /// Starts the push service on `listener`.
@@ -179,17 +196,38 @@ pub async fn start(
 ) -> anyhow::Result<PushHandle> {
     // Configuration errors first, before anything starts.
     let tls = cfg.tls()?;
+    cfg.requests.validate()?;
+    cfg.assets.validate()?;
     let shard_map = ShardMap { territory_res: geo.territory_resolution, shards };
     let index = Arc::new(SubscriberIndex::new(shard_map));
     let loader = spawn_loader(rt, Arc::clone(&index), None, shutdown.clone())?;
+    let assets = Arc::new(AssetIndex::default());
+    let requests = Arc::new(RequestStore::default());
+    {
+        let a = Arc::clone(&assets);
+        crate::table::follow(rt, Topic::Assets, notification_partitions, move |k, v| a.apply(k, v), shutdown.clone())?;
+        let r = Arc::clone(&requests);
+        crate::table::follow(
+            rt,
+            Topic::Requests,
+            notification_partitions,
+            move |k, v| r.apply(k, v),
+            shutdown.clone(),
+        )?;
+    }
 
     let matcher = {
         let index = Arc::clone(&index);
         let max_ids = cfg.max_ids_per_batch.get();
+        let assets = Arc::clone(&assets);
+        let rules: Arc<[crate::assets::EnrichRule]> = cfg.assets.enrich.clone().into();
         spawn_stage(
             rt,
             Topic::Indexed,
-            move || Matcher::new(Arc::clone(&index), notification_partitions, max_ids),
+            move || {
+                Matcher::new(Arc::clone(&index), notification_partitions, max_ids)
+                    .with_assets(Arc::clone(&assets), Arc::clone(&rules))
+            },
             shutdown.clone(),
             FaultInjection::default(),
         )?
@@ -222,12 +260,17 @@ pub async fn start(
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
     health.set_serving::<PushServer<PushService>>().await;
     health.set_serving::<SubscriptionsServer<SubscriptionsService>>().await;
+    health.set_serving::<RequestsServer<RequestsService>>().await;
+    health.set_serving::<AssetsServer<AssetsService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(hexcast_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building reflection service")?;
     let auth = tokens.interceptor();
+    // Push and Subscriptions are for push backends only; Requests and Assets check the
+    // role per call (Respond is a backend's, the rest of Requests an agency's).
+    let backend_auth = tokens.interceptor_for(&[Role::Backend]);
     let (max_in, max_out) = (cfg.max_request_bytes.get(), cfg.max_response_bytes.get());
     let push = PushServer::new(PushService(Arc::clone(&state)))
         .max_decoding_message_size(max_in)
@@ -235,6 +278,20 @@ pub async fn start(
     let subscriptions = SubscriptionsServer::new(SubscriptionsService(Arc::clone(&state)))
         .max_decoding_message_size(max_in)
         .max_encoding_message_size(max_out);
+    let requests_service = RequestsServer::new(RequestsService {
+        state: Arc::clone(&state),
+        store: Arc::clone(&requests),
+        cfg: cfg.requests.clone(),
+    })
+    .max_decoding_message_size(max_in)
+    .max_encoding_message_size(max_out);
+    let assets_service = AssetsServer::new(AssetsService {
+        state: Arc::clone(&state),
+        index: Arc::clone(&assets),
+        cfg: cfg.assets.clone(),
+    })
+    .max_decoding_message_size(max_in)
+    .max_encoding_message_size(max_out);
     let keepalive = Duration::from_millis(cfg.keepalive_interval_ms);
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(keepalive))
@@ -248,8 +305,10 @@ pub async fn start(
     let router = builder
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(InterceptedService::new(push, auth.clone()))
-        .add_service(InterceptedService::new(subscriptions, auth));
+        .add_service(InterceptedService::new(push, backend_auth.clone()))
+        .add_service(InterceptedService::new(subscriptions, backend_auth))
+        .add_service(InterceptedService::new(requests_service, auth.clone()))
+        .add_service(InterceptedService::new(assets_service, auth));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let stop = shutdown.clone();
     let grace = Duration::from_millis(cfg.shutdown_grace_ms);
@@ -261,6 +320,8 @@ pub async fn start(
             health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             health.set_not_serving::<PushServer<PushService>>().await;
             health.set_not_serving::<SubscriptionsServer<SubscriptionsService>>().await;
+            health.set_not_serving::<RequestsServer<RequestsService>>().await;
+            health.set_not_serving::<AssetsServer<AssetsService>>().await;
             // ...then the open streams end with UNAVAILABLE (resume from the last cursor)...
             state.streams_stop.cancel();
             tracing::info!(grace_ms = grace.as_millis() as u64, "push service draining");
@@ -281,5 +342,5 @@ pub async fn start(
         }
     });
     tracing::info!(%addr, tls = secure, "push service listening");
-    Ok(PushHandle { addr, index, loader, matcher, server })
+    Ok(PushHandle { addr, index, loader, matcher, server, assets, requests })
 }

@@ -372,6 +372,8 @@ impl Push for PushService {
                         cursor: cursor.to_string(),
                         part: batch.part,
                         parts: batch.parts,
+                        request: batch.request.clone(),
+                        nearby_assets: batch.nearby_assets.clone(),
                     };
                     if tx.send(Ok(out)).await.is_err() {
                         break;

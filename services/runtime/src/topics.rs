@@ -58,12 +58,21 @@ pub fn specs(names: &TopicNames, cfg: &TopicsConfig) -> Vec<TopicSpec> {
             let sharded = matches!(t, Topic::Indexed | Topic::Subscriptions);
             let sensitive = matches!(
                 t,
-                Topic::Raw | Topic::Normalized | Topic::Unique | Topic::DeadLetter | Topic::Review | Topic::DedupState
+                Topic::Raw
+                    | Topic::Normalized
+                    | Topic::Unique
+                    | Topic::DeadLetter
+                    | Topic::Review
+                    | Topic::DedupState
+                    | Topic::RequestResponses
             );
             TopicSpec {
                 name: names.name(t).to_owned(),
                 partitions: if sharded { cfg.shards.get() } else { cfg.partitions.get() } as i32,
-                compacted: matches!(t, Topic::Subscriptions | Topic::DedupState | Topic::Review),
+                compacted: matches!(
+                    t,
+                    Topic::Subscriptions | Topic::DedupState | Topic::Review | Topic::Requests | Topic::Assets
+                ),
                 retention_ms: if sensitive { cfg.sensitive_retention_ms } else { cfg.retention_ms },
             }
         })
@@ -149,6 +158,9 @@ mod tests {
         assert_eq!(get(Topic::Subscriptions).partitions, 8);
         assert!(get(Topic::Subscriptions).compacted);
         assert!(get(Topic::DedupState).compacted);
+        assert!(get(Topic::Requests).compacted && get(Topic::Assets).compacted);
+        assert!(!get(Topic::Transparency).compacted);
+        assert_eq!(get(Topic::RequestResponses).retention_ms, cfg.sensitive_retention_ms);
         assert_eq!(get(Topic::Raw).partitions, 3);
         assert_eq!(get(Topic::Raw).retention_ms, cfg.sensitive_retention_ms);
         assert_eq!(names.topic_of("t.alerts"), Some(Topic::Alerts));

@@ -58,7 +58,13 @@ impl Spatial {
         let shards = self.shards.shards_of(&cells);
         Ok(shards
             .iter()
-            .map(|&shard| IndexedAlert { alert: alert.clone(), shard, shards: shards.clone(), cells: cells.clone() })
+            .map(|&shard| IndexedAlert {
+                alert: alert.clone(),
+                shard,
+                shards: shards.clone(),
+                cells: cells.clone(),
+                request: None,
+            })
             .collect())
     }
 }

@@ -155,6 +155,7 @@ pub(crate) fn notification(tenant: &str, ids: &[&str], alert_id: &str) -> Vec<u8
         part: 0,
         parts: 1,
         cursor: String::new(),
+        ..Default::default()
     }
     .encode_to_vec()
 }

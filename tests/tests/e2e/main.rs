@@ -8,6 +8,7 @@ mod hostile;
 mod interop;
 mod lifecycle;
 mod pipeline;
+mod requests;
 mod resume;
 mod review;
 mod runner_crash;

@@ -79,6 +79,27 @@ fn the_example_config_lists_only_valid_keys() {
     assert_eq!(cfg.push.keepalive_interval_ms, 30_000);
     assert_eq!(cfg.push.max_request_bytes.get(), 4 << 20);
     assert!(cfg.push.tls_cert_file.is_none());
+    assert_eq!(cfg.push.requests, hexcast_push::RequestsConfig::default());
+    assert_eq!(cfg.push.assets, hexcast_push::AssetsConfig::default());
+}
+
+#[test]
+fn push_with_a_bad_request_or_asset_limit_fails_naming_the_key() {
+    let tokens = temp_config("limits-tokens", "pd = { token = \"pd-token-0123456789ab\", role = \"agency\" }\n");
+    for (section, key) in [("push.requests", "max_window_ms = 0"), ("push.assets", "max_lookup_radius_m = -1.0")] {
+        let text = format!(
+            "[kafka]\nbrokers = \"127.0.0.1:1\"\n[topics]\ncreate = false\n[push]\ntokens_file = {:?}\n[{section}]\n{key}\n",
+            tokens.display().to_string()
+        );
+        let path = temp_config("limits", &text);
+        let out = hexcast().args(["run", "--config"]).arg(&path).args(["--target", "push"]).output().expect("run");
+        let _ = std::fs::remove_file(&path);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let name = format!("{section}.{}", key.split(' ').next().unwrap_or_default());
+        assert!(stderr.contains(&name), "{name}: {stderr}");
+    }
+    let _ = std::fs::remove_file(&tokens);
 }
 
 #[test]
