@@ -221,10 +221,17 @@ pub async fn start(
         let max_ids = cfg.max_ids_per_batch.get();
         let assets = Arc::clone(&assets);
         let rules: Arc<[crate::assets::EnrichRule]> = cfg.assets.enrich.clone().into();
+        let (loaded, stop) = (Arc::clone(&loader), shutdown.clone());
         spawn_stage(
             rt,
             Topic::Indexed,
             move || {
+                // The runner builds the stage before it opens its consumer: no alert is
+                // matched against a half-loaded index (a restarted instance would miss the
+                // subscribers not loaded yet, and its commit would make the loss final).
+                while !loaded.caught_up.load(std::sync::atomic::Ordering::SeqCst) && !stop.is_cancelled() {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
                 Matcher::new(Arc::clone(&index), notification_partitions, max_ids)
                     .with_assets(Arc::clone(&assets), Arc::clone(&rules))
             },

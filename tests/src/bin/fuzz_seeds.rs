@@ -131,6 +131,8 @@ fn main() -> anyhow::Result<()> {
                         subscriber_ids: vec!["s-1".into(), "s-2".into()],
                         part: 0,
                         parts: 1,
+                        request: None,
+                        nearby_assets: Vec::new(),
                     };
                     out.put("decode_notification_batch", &pb::NotificationBatch::from(&batch).encode_to_vec())?;
                     for ia in spatial.index(a).into_iter().flatten().take(2) {
