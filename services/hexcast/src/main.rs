@@ -61,6 +61,12 @@ enum BenchCommand {
     /// The push service on a real Kafka cluster over gRPC: stream, BulkUpsert and a
     /// city-wide alert; prints JSON.
     Push(hexcast::bench_push::PushBenchArgs),
+    /// The load bench for SREs: a population through the Subscriptions API, incidents
+    /// (synthetic or a replay) through the whole pipeline, latency histogram, throughput,
+    /// lag, RSS, the raw broker baseline; writes result.json and plots.
+    Load(Box<hexcast::bench_load::LoadBenchArgs>),
+    /// Compares two `bench load` result files; exits non-zero past the threshold.
+    Compare(hexcast::bench_load::CompareArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,6 +176,17 @@ fn main() -> ExitCode {
                 {
                     println!("{result}");
                 }
+                Ok(())
+            }
+            Command::Bench { command: BenchCommand::Load(args) } => {
+                init_logs(LogFormat::Text, None, "warn,librdkafka=error,hexcast_runtime::changelog=error");
+                let regressed = hexcast::bench_load::run(&args).await?;
+                anyhow::ensure!(!regressed, "a figure regressed past the threshold");
+                Ok(())
+            }
+            Command::Bench { command: BenchCommand::Compare(args) } => {
+                let regressed = hexcast::bench_load::compare_cmd(&args)?;
+                anyhow::ensure!(!regressed, "a figure regressed past the threshold");
                 Ok(())
             }
             Command::Match(args) => hexcast::offline::match_cmd(args),
