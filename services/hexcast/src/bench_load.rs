@@ -309,7 +309,9 @@ impl LagReader {
 }
 
 /// A subscriber population as upsert requests, with one home point per subscriber.
-fn population(args: &LoadBenchArgs, cfg: &Config) -> anyhow::Result<(Vec<pb::UpsertRequest>, Vec<(f64, f64)>)> {
+type Population = (Vec<pb::UpsertRequest>, Vec<(f64, f64)>);
+
+fn population(args: &LoadBenchArgs, cfg: &Config) -> anyhow::Result<Population> {
     let cities = crate::bench::cities(&args.geofence)?;
     let subs = crate::bench::population(&cities, args.subscribers, &cfg.geo, args.seed)?;
     let mut homes = Vec::with_capacity(subs.len());
@@ -358,9 +360,8 @@ async fn load(
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         let done = Arc::clone(&progress.done);
-        let stream = futures::stream::iter(chunk.into_iter().map(move |r| {
+        let stream = futures::stream::iter(chunk.into_iter().inspect(move |_| {
             done.fetch_add(1, Ordering::Relaxed);
-            r
         }));
         tasks.push(tokio::spawn(async move { client.bulk_upsert(stream).await }));
     }
@@ -452,7 +453,7 @@ fn replay_payload(replay: &Replay, row: &csv::StringRecord, now: chrono::NaiveDa
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(&replay.header)?;
     w.write_record(&fields)?;
-    Ok(w.into_inner().map_err(|e| anyhow::anyhow!("writing a CSV row: {e}"))?)
+    w.into_inner().map_err(|e| anyhow::anyhow!("writing a CSV row: {e}"))
 }
 
 /// What the publishing phase sent.
@@ -696,10 +697,10 @@ async fn measure(
             if publisher.pending.len() >= 5_000 {
                 publisher.settle().await?;
             }
-            if let Some(wait) = interval.mul_f64(sent.published as f64).checked_sub(begin.elapsed()) {
-                if wait > Duration::from_millis(1) {
-                    tokio::time::sleep(wait).await;
-                }
+            if let Some(wait) = interval.mul_f64(sent.published as f64).checked_sub(begin.elapsed())
+                && wait > Duration::from_millis(1)
+            {
+                tokio::time::sleep(wait).await;
             }
         }
         publisher.settle().await?;
@@ -719,7 +720,13 @@ async fn measure(
             quiet = Instant::now();
         }
         let missing = missing_count(&tally, run_id, &sent.expected);
-        if (missing == 0 && quiet.elapsed() > Duration::from_secs(1)) || quiet.elapsed() > Duration::from_secs(5) {
+        let lr = Arc::clone(&lag_reader);
+        let lag = tokio::task::spawn_blocking(move || lr.read_detail()).await?;
+        let settled = lag.len() == STAGES.len() && lag.values().all(|&(_, most)| most <= 1);
+        if settled
+            && (missing == 0 || quiet.elapsed() > Duration::from_secs(5))
+            && quiet.elapsed() > Duration::from_secs(1)
+        {
             break;
         }
     }
@@ -735,6 +742,7 @@ async fn measure(
         )
     };
     let missing = missing_count(&tally, run_id, &sent.expected);
+    let stages = running.map(stage_counts);
 
     // 6. Burst: as fast as possible, until every stage has caught up.
     let burst = if args.burst > 0 {
@@ -793,6 +801,7 @@ async fn measure(
             "alerted": per_incident_alerted,
         },
         "notifications": { "received": notifications, "batches": batches },
+        "stages": stages,
         "latency_ms": lat,
         "latency_distribution": dist.iter().map(|(p, v)| serde_json::json!([round3(*p), v])).collect::<Vec<_>>(),
         "burst": burst,
@@ -800,6 +809,32 @@ async fn measure(
         "timeline": samples,
         "figures": figures,
     }))
+}
+
+/// Per in-process stage: records consumed, dead-lettered and written per topic.
+fn stage_counts(running: &crate::targets::Running) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    let all = running
+        .stages
+        .iter()
+        .map(|(t, h)| (t.to_string(), h))
+        .chain(running.push.as_ref().map(|p| ("push".to_owned(), &p.matcher)));
+    for (name, h) in all {
+        let emitted: serde_json::Map<String, serde_json::Value> = Topic::ALL
+            .iter()
+            .filter(|t| h.stats.emitted(**t) > 0)
+            .map(|t| (format!("{t:?}").to_lowercase(), serde_json::json!(h.stats.emitted(*t))))
+            .collect();
+        out.insert(
+            name,
+            serde_json::json!({
+                "received": h.stats.received.load(Ordering::Relaxed),
+                "rejected": h.stats.rejected.load(Ordering::Relaxed),
+                "emitted": emitted,
+            }),
+        );
+    }
+    serde_json::Value::Object(out)
 }
 
 fn missing_count(tally: &Mutex<Tally>, run_id: &str, expected: &HashSet<u64>) -> usize {

@@ -7,6 +7,7 @@ mod dedup_restart;
 mod hostile;
 mod interop;
 mod lifecycle;
+mod load_bench;
 mod pipeline;
 mod requests;
 mod resume;
