@@ -158,6 +158,10 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
@@ -779,10 +783,10 @@ async fn measure(
     if let (Some(b), Some(r)) = (&burst, &raw) {
         let pipe = b["incidents_per_sec"].as_f64().unwrap_or(0.0);
         if let Some(p) = r["producer_records_per_sec"].as_f64().filter(|p| *p > 0.0) {
-            figures.insert("pipeline_vs_raw_producer_fraction".to_owned(), round3(pipe / p));
+            figures.insert("pipeline_vs_raw_producer_fraction".to_owned(), round6(pipe / p));
         }
         if let Some(c) = r["consumer_records_per_sec"].as_f64().filter(|c| *c > 0.0) {
-            figures.insert("pipeline_vs_raw_consumer_fraction".to_owned(), round3(pipe / c));
+            figures.insert("pipeline_vs_raw_consumer_fraction".to_owned(), round6(pipe / c));
         }
     }
     Ok(serde_json::json!({

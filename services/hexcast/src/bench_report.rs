@@ -150,7 +150,13 @@ pub fn compare_table(rows: &[Ratio], threshold: f64) -> String {
 }
 
 fn num(x: f64) -> String {
-    if x.fract() == 0.0 && x.abs() < 1e15 { format!("{x:.0}") } else { format!("{x:.3}") }
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{x:.0}")
+    } else if x.abs() < 0.1 {
+        format!("{x:.6}")
+    } else {
+        format!("{x:.3}")
+    }
 }
 
 /// The figures as a table.
