@@ -14,7 +14,9 @@
 #   BENCH_SUBSCRIBERS  population (default 1000000)
 #   BENCH_RATE         synthetic incidents per second (default 1000)
 #   BENCH_DURATION     how long to publish (default 60s)
-#   BENCH_BURST        incidents of the max-throughput burst (default 100000; 0: none)
+#   BENCH_BURST        incidents of the max-throughput burst after the timed phase, for the
+#                      pipeline-vs-raw-broker fraction (default 0: none; it also waits out
+#                      any backlog the timed phase left, so use it with a rate the pipeline keeps)
 #   BENCH_RAW_RECORDS  records of the raw broker baseline (default 1000000)
 #   BENCH_REPLAY       a CAD export to replay instead (e.g.
 #                      ../shared/data/cad/montco_pa_911_2015-12_2016-01.csv), BENCH_SPEEDUP
@@ -54,7 +56,7 @@ args=(
     --subscribers "${BENCH_SUBSCRIBERS:-1000000}"
     --rate "${BENCH_RATE:-1000}"
     --duration "${BENCH_DURATION:-60s}"
-    --burst "${BENCH_BURST:-100000}"
+    --burst "${BENCH_BURST:-0}"
     --kafka-sh scripts/kafka.sh
     --raw-records "${BENCH_RAW_RECORDS:-1000000}"
     --out "$out"
