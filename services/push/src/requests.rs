@@ -19,7 +19,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use hexcast_core::cells::{cover, partition_for_key};
 use hexcast_core::{Alert, Area, Category, EventKind, IndexedAlert, LatLng, Timestamp, Topic};
@@ -27,17 +26,16 @@ use hexcast_proto::v1 as pb;
 use hexcast_proto::v1::requests_server::Requests;
 use prost::Message as _;
 use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::topic_partition_list::Offset;
 use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Role, tenant_with_role};
 use crate::error::PushError;
-use crate::service::{PushState, SHUTTING_DOWN, subscriber_id};
+use crate::service::{PushState, SHUTTING_DOWN, next_record, partition_reader, subscriber_id};
 use crate::table::random_id;
 
 /// Category of the synthetic alert that routes a request through the matchers.
@@ -462,41 +460,15 @@ impl Requests for RequestsService {
         }
         let request = self.own(&agency, &req.into_inner().request_id)?;
         let state = Arc::clone(&self.state);
-        let topic = state.rt.names.name(Topic::RequestResponses).to_owned();
         let partition = partition_for_key(&request.request_id, state.notification_partitions);
-        let consumer: StreamConsumer = state
-            .rt
-            .consumer_config()
-            .set("group.id", format!("{}-requests-stream", state.rt.kafka.group_prefix))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .create()
-            .map_err(|e| PushError::Unavailable(e.to_string()))?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, partition, Offset::Beginning)
-            .map_err(|e| PushError::Unavailable(e.to_string()))?;
-        consumer.assign(&tpl).map_err(|e| PushError::Unavailable(e.to_string()))?;
+        let consumer =
+            partition_reader(&state.rt, "requests-stream", Topic::RequestResponses, partition, Offset::Beginning)?;
         let (tx, rx) = tokio::sync::mpsc::channel(state.stream_buffer.max(1));
         tokio::spawn(async move {
             // One answer per subscriber: a backend that retries a yes does not count twice.
             let mut seen: HashSet<Vec<u8>> = HashSet::new();
             loop {
-                let msg = tokio::select! {
-                    _ = tx.closed() => break,
-                    _ = state.streams_stop.cancelled() => {
-                        let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Err(Status::unavailable(SHUTTING_DOWN)))).await;
-                        break;
-                    }
-                    m = consumer.recv() => m,
-                };
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(error) => {
-                        tracing::warn!(%error, "responses stream consumer error");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                };
+                let Some(msg) = next_record(&consumer, &tx, &state.streams_stop, "responses").await else { break };
                 if msg.key() != Some(request.request_id.as_bytes()) {
                     continue;
                 }

@@ -60,6 +60,57 @@ pub fn split_ids(ids: &[String], max_ids: usize, max_bytes: usize) -> Vec<std::o
 /// Longest accepted subscriber id.
 pub const MAX_SUBSCRIBER_ID_LEN: usize = 128;
 
+/// A read_committed consumer of one partition of `topic` from `offset`, for a server
+/// stream (group `<prefix>-<group>`, never committed: the client holds the position).
+pub(crate) fn partition_reader(
+    rt: &Runtime,
+    group: &str,
+    topic: Topic,
+    partition: i32,
+    offset: Offset,
+) -> Result<StreamConsumer, PushError> {
+    let unavailable = |e: rdkafka::error::KafkaError| PushError::Unavailable(e.to_string());
+    let consumer: StreamConsumer = rt
+        .consumer_config()
+        .set("group.id", format!("{}-{group}", rt.kafka.group_prefix))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .map_err(unavailable)?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(rt.names.name(topic), partition, offset).map_err(unavailable)?;
+    consumer.assign(&tpl).map_err(unavailable)?;
+    Ok(consumer)
+}
+
+/// The next record for a server stream, or `None` when the stream ends: the client went
+/// away, or the server is shutting down, and then the client gets UNAVAILABLE (a status,
+/// not a silent end: it knows to resume elsewhere). Consumer errors are logged and retried.
+pub(crate) async fn next_record<'c, T>(
+    consumer: &'c StreamConsumer,
+    tx: &tokio::sync::mpsc::Sender<Result<T, Status>>,
+    stop: &CancellationToken,
+    stream: &'static str,
+) -> Option<rdkafka::message::BorrowedMessage<'c>> {
+    loop {
+        let msg = tokio::select! {
+            _ = tx.closed() => return None,
+            _ = stop.cancelled() => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Err(Status::unavailable(SHUTTING_DOWN)))).await;
+                return None;
+            }
+            m = consumer.recv() => m,
+        };
+        match msg {
+            Ok(m) => return Some(m),
+            Err(error) => {
+                tracing::warn!(%error, stream, "stream consumer error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 /// What the services share.
 pub struct PushState {
     /// Kafka access.
@@ -302,41 +353,14 @@ impl Push for PushService {
             0 => state.max_ids_per_batch,
             n => (n as usize).min(state.max_ids_per_batch),
         };
-        let topic = state.rt.names.name(Topic::Notifications).to_owned();
-        let consumer: StreamConsumer = state
-            .rt
-            .consumer_config()
-            .set("group.id", format!("{}-push-stream", state.rt.kafka.group_prefix))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .create()
-            .map_err(|e| PushError::Unavailable(e.to_string()))?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, partition, offset).map_err(|e| PushError::Unavailable(e.to_string()))?;
-        consumer.assign(&tpl).map_err(|e| PushError::Unavailable(e.to_string()))?;
+        let consumer = partition_reader(&state.rt, "push-stream", Topic::Notifications, partition, offset)?;
         let (tx, rx) = tokio::sync::mpsc::channel(state.stream_buffer.max(1));
         tracing::info!(tenant = %tenant, partition, "backend connected");
         metrics::gauge!("hexcast_push_connected_backends").increment(1.0);
         tokio::spawn(async move {
             let mut first = Some(skip);
             loop {
-                let msg = tokio::select! {
-                    _ = tx.closed() => break,
-                    _ = state.streams_stop.cancelled() => {
-                        // A status, not a silent end: the client knows to resume elsewhere.
-                        let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Err(Status::unavailable(SHUTTING_DOWN)))).await;
-                        break;
-                    }
-                    m = consumer.recv() => m,
-                };
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(error) => {
-                        tracing::warn!(%error, "notification stream consumer error");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                };
+                let Some(msg) = next_record(&consumer, &tx, &state.streams_stop, "notifications").await else { break };
                 let skip =
                     first.take().filter(|_| matches!(offset, Offset::Offset(o) if o == msg.offset())).unwrap_or(0)
                         as usize;
