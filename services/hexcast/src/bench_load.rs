@@ -39,9 +39,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
+use crate::bench_push::authed;
 use crate::bench_report::{self as report, Percentiles, Series};
 use crate::demo::parse_duration;
 use crate::{Config, Target};
@@ -226,18 +226,6 @@ fn bar(label: &str, done: u64, total: u64, elapsed: Duration) -> String {
         frac * 100.0,
         elapsed.as_secs_f64()
     )
-}
-
-type Auth = Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
-type Authed = tonic::service::interceptor::InterceptedService<Channel, Auth>;
-
-fn authed(channel: &Channel, token: &str) -> anyhow::Result<Authed> {
-    let bearer: MetadataValue<_> = format!("Bearer {token}").parse()?;
-    let f: Auth = Box::new(move |mut req: tonic::Request<()>| {
-        req.metadata_mut().insert("authorization", bearer.clone());
-        Ok(req)
-    });
-    Ok(tonic::service::interceptor::InterceptedService::new(channel.clone(), f))
 }
 
 /// What the backend saw.

@@ -58,9 +58,11 @@ pub struct PushBenchArgs {
 const TENANT: &str = "bench";
 
 type Auth = Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+/// A channel that sends a tenant's bearer token with every call.
 type Authed = tonic::service::interceptor::InterceptedService<Channel, Auth>;
 
-fn authed(channel: &Channel, token: &str) -> anyhow::Result<Authed> {
+/// `channel` with `token` as the bearer of every call.
+pub(crate) fn authed(channel: &Channel, token: &str) -> anyhow::Result<Authed> {
     let bearer: MetadataValue<_> = format!("Bearer {token}").parse()?;
     let f: Auth = Box::new(move |mut req: tonic::Request<()>| {
         req.metadata_mut().insert("authorization", bearer.clone());
