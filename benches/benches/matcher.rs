@@ -10,8 +10,8 @@ use hexcast::bench::{NaiveIndex, cities, population};
 use hexcast_core::cells::{GeoConfig, ShardMap};
 use hexcast_core::exact::PreparedArea;
 use hexcast_core::{Alert, Area, Category};
-use hexcast_push::SubscriberIndex;
-use hexcast_push::index::place_meets;
+use hexcast_match::SubscriberIndex;
+use hexcast_match::index::place_meets;
 use hexcast_spatial::Spatial;
 
 fn bench_matcher(c: &mut Criterion) {

@@ -11,16 +11,20 @@ pub mod record;
 pub mod stage;
 pub mod taxonomy;
 pub mod time;
+pub mod topology;
 
 pub use geo::{Area, GeoError, LatLng};
 pub use model::{
     Alert, DecodeModelError, EventKind, HeldAlert, Incident, IncidentEvent, IndexedAlert, NotificationBatch, Place,
     PolicyDecision, Sensitive, Subscription, SubscriptionFilter,
 };
-pub use record::{DecodeError, FromRecord, InRecord, IntoRecord, OutRecord, Topic, header};
+pub use record::{
+    ChangelogRecord, DecodeError, FromRecord, InRecord, IntoRecord, OutRecord, PartitionedRecord, Topic, header,
+};
 pub use stage::{ReasonCode, Stage, StageCtx};
 pub use taxonomy::Category;
 pub use time::Timestamp;
+pub use topology::StageSpec;
 
 /// Enums shared with the wire format (prost generates plain Rust enums for them).
 pub use hexcast_proto::v1::{Certainty, Decision, IncidentStatus, Severity, Urgency};

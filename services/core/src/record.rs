@@ -158,12 +158,29 @@ impl OutRecord {
         }
     }
 
+    /// A tombstone for `key`: deletes it from a compacted topic.
+    pub fn tombstone(topic: Topic, key: impl Into<Vec<u8>>) -> Self {
+        Self { topic, key: key.into(), partition: None, payload: None, headers: Vec::new() }
+    }
+
+    /// The same record with one more header.
+    pub fn with_header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+
     /// The same record on an explicit partition.
     pub fn on_partition(mut self, partition: i32) -> Self {
         self.partition = Some(partition);
         self
     }
 }
+
+/// One record of a changelog topic: key and value, `None` for a tombstone.
+pub type ChangelogRecord = (Vec<u8>, Option<Vec<u8>>);
+
+/// A changelog record with its partition: `(partition, key, value)`.
+pub type PartitionedRecord = (i32, Vec<u8>, Option<Vec<u8>>);
 
 /// Why a consumed record could not become a stage input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

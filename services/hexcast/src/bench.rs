@@ -14,8 +14,8 @@ use anyhow::Context as _;
 use h3o::{CellIndex, Resolution};
 use hexcast_core::cells::{GeoConfig, ShardMap, area_cells, cover};
 use hexcast_core::{Alert, Area, Category, IndexedAlert, LatLng, Place, Subscription, Timestamp};
-use hexcast_push::SubscriberIndex;
-use hexcast_push::index::place_meets;
+use hexcast_match::SubscriberIndex;
+use hexcast_match::index::place_meets;
 use hexcast_spatial::Spatial;
 use rand::{Rng as _, SeedableRng as _};
 
@@ -296,7 +296,7 @@ pub fn run_match(args: &MatchBenchArgs) -> anyhow::Result<serde_json::Value> {
     progress("computing shards as the Subscriptions service does");
     let t = Instant::now();
     for s in &mut subs {
-        s.shards = hexcast_push::index::shards_of(&s.places, &shard_map).1;
+        s.shards = hexcast_match::index::shards_of(&s.places, &shard_map).1;
     }
     let shards_per_s = subs.len() as f64 / t.elapsed().as_secs_f64();
     let spatial = Spatial::new(geo, shard_map.shards);

@@ -27,11 +27,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use hexcast_api::Tokens;
 use hexcast_core::{Area, Topic, header};
 use hexcast_proto::v1 as pb;
 use hexcast_proto::v1::push_client::PushClient;
 use hexcast_proto::v1::subscriptions_client::SubscriptionsClient;
-use hexcast_push::Tokens;
 use rand::{Rng as _, SeedableRng as _};
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;

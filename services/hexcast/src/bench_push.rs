@@ -17,11 +17,11 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use hexcast_api::Tokens;
 use hexcast_core::{Alert, Area, Category, LatLng, Timestamp, Topic};
 use hexcast_proto::v1 as pb;
 use hexcast_proto::v1::push_client::PushClient;
 use hexcast_proto::v1::subscriptions_client::SubscriptionsClient;
-use hexcast_push::Tokens;
 use prost::Message as _;
 use rand::{Rng as _, SeedableRng as _};
 use rdkafka::ClientConfig;
@@ -103,7 +103,7 @@ pub async fn run(args: &PushBenchArgs) -> anyhow::Result<serde_json::Value> {
     // 1. Stream: records of 10,000 ids written straight to the tenant's partition.
     let per_record = 10_000usize;
     let records = args.stream_ids.div_ceil(per_record);
-    let partition = hexcast_push::matcher::tenant_partition(TENANT, cfg.topics.partitions.get());
+    let partition = hexcast_match::tenant_partition(TENANT, cfg.topics.partitions.get());
     let topic = rt.names.name(Topic::Notifications).to_owned();
     let alert = pb::Alert::from(&bench_alert("stream@1", LatLng::new(39.95, -75.16)?, 1_000.0)?);
     for r in 0..records {

@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use hexcast_api::PushConfig;
 use hexcast_core::cells::GeoConfig;
 use hexcast_dedup::DedupConfig;
-use hexcast_push::PushConfig;
 use hexcast_runtime::config::ConfigError;
 use hexcast_runtime::{KafkaConfig, MetricsConfig, RunnerConfig, TopicsConfig};
 use serde::Deserialize;

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use hexcast_api::Tokens;
 use hexcast_core::{Topic, header};
 use hexcast_proto::v1 as pb;
 use hexcast_proto::v1::push_client::PushClient;
 use hexcast_proto::v1::subscriptions_client::SubscriptionsClient;
-use hexcast_push::Tokens;
 use hexcast_runtime::{Delivery, EmbeddedBroker};
 use rand::Rng as _;
 use rdkafka::message::{Header, OwnedHeaders};

@@ -12,8 +12,8 @@ use anyhow::Context as _;
 use h3o::Resolution;
 use hexcast_core::cells::{GeoConfig, ShardMap, cover};
 use hexcast_core::{Alert, Area, LatLng, Timestamp};
+use hexcast_match::SubscriberIndex;
 use hexcast_proto::v1 as pb;
-use hexcast_push::SubscriberIndex;
 use hexcast_spatial::Spatial;
 
 /// `hexcast cover`.
@@ -100,8 +100,9 @@ pub fn match_cmd(args: MatchArgs) -> anyhow::Result<()> {
     let index = SubscriberIndex::new(shard_map);
     for (i, mut s) in json_lines::<pb::Subscription>(&args.subscriptions)?.into_iter().enumerate() {
         let tenant = if s.tenant.is_empty() { "default".to_owned() } else { std::mem::take(&mut s.tenant) };
-        let stored = hexcast_push::service::stored_subscription(&geo, &shard_map, 1_000_000, &tenant, s, Timestamp(0))
-            .map_err(|e| anyhow::anyhow!("subscription line {}: {e}", i + 1))?;
+        let stored =
+            hexcast_api::subscriptions::stored_subscription(&geo, &shard_map, 1_000_000, &tenant, s, Timestamp(0))
+                .map_err(|e| anyhow::anyhow!("subscription line {}: {e}", i + 1))?;
         index.upsert(stored);
     }
     let spatial = Spatial::new(geo, shard_map.shards);

@@ -1,16 +1,27 @@
-//! `--target`: which stages this process runs. Every target runs on the same runner; the
-//! same binary and image serve every deployment.
+//! `--target`: which stages this process runs, wired from the one topology table
+//! (`hexcast_core::topology`). The whole pipeline reads top to bottom in [`start`]: every
+//! stage on the same runner, the push target's followers, matcher and API gateway, the
+//! review target's queue, ticker and Review service. The same binary and image serve every
+//! deployment.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use hexcast_core::Topic;
-use hexcast_dedup::{Dedup, DedupConfig};
+use hexcast_api::{RequestStore, Tables, Tokens};
+use hexcast_core::topology::{self, StageSpec};
+use hexcast_core::{OutRecord, Topic, header};
+use hexcast_dedup::Dedup;
 use hexcast_ingest::Ingest;
+use hexcast_match::{AssetIndex, Matcher, SubscriberIndex};
 use hexcast_policy::{Policy, PolicyConfig};
-use hexcast_push::{PushHandle, Tokens};
-use hexcast_runtime::{FaultInjection, Runtime, StageHandle, spawn_stage};
+use hexcast_review::{PendingMap, ReviewQueue};
+use hexcast_runtime::{
+    FaultInjection, FollowerStatus, Partitions, Runtime, StageHandle, Writer, follow, restoring, spawn_stage,
+};
 use hexcast_spatial::Spatial;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +52,20 @@ impl Target {
     /// Every target `--target` accepts.
     pub const NAMED: [Target; 6] =
         [Target::Ingest, Target::Dedup, Target::Policy, Target::Spatial, Target::Review, Target::Push];
+}
+
+impl Target {
+    /// The topology row of a target's stage.
+    pub const fn stage(self) -> &'static StageSpec {
+        match self {
+            Target::Ingest => &topology::INGEST,
+            Target::Dedup => &topology::DEDUP,
+            Target::Policy => &topology::POLICY,
+            Target::Spatial => &topology::SPATIAL,
+            Target::Review => &topology::REVIEW,
+            Target::Push => &topology::MATCH,
+        }
+    }
 }
 
 impl fmt::Display for Target {
@@ -81,6 +106,39 @@ impl FromStr for Target {
     }
 }
 
+/// A running push target: the subscriber, asset and request tables with their followers,
+/// the matcher stage, and the API gateway.
+#[derive(Debug)]
+pub struct PushHandle {
+    /// The gateway's bound address.
+    pub addr: SocketAddr,
+    /// The subscriber index.
+    pub index: Arc<SubscriberIndex>,
+    /// The subscriptions follower's progress.
+    pub loader: Arc<FollowerStatus>,
+    /// The matcher stage.
+    pub matcher: StageHandle,
+    /// The gRPC server task.
+    pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Registered assets.
+    pub assets: Arc<AssetIndex>,
+    /// Geofenced requests.
+    pub requests: Arc<RequestStore>,
+}
+
+/// A running review target.
+#[derive(Debug)]
+pub struct ReviewHandle {
+    /// The Review service's bound address.
+    pub addr: SocketAddr,
+    /// The queue stage.
+    pub queue: StageHandle,
+    /// The gRPC server and the ticker.
+    pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Pending holds.
+    pub pending: PendingMap,
+}
+
 /// The running targets of this process.
 #[derive(Debug)]
 pub struct Running {
@@ -89,11 +147,10 @@ pub struct Running {
     /// The push service, when running.
     pub push: Option<PushHandle>,
     /// The review service, when running.
-    pub review: Option<hexcast_review::ReviewHandle>,
+    pub review: Option<ReviewHandle>,
     /// Stops every target.
     pub shutdown: CancellationToken,
 }
-
 impl Running {
     /// The stage handle of a target.
     pub fn stage(&self, target: Target) -> Option<&StageHandle> {
@@ -174,6 +231,50 @@ pub async fn start(
     start_with_review(cfg, rt, targets, tokens, listener, None, shutdown).await
 }
 
+/// What a process needs before it starts anything: every configuration value checked and
+/// every file read, so that a wrong key fails the start before a topic is created or a port
+/// opened.
+#[derive(Debug)]
+pub struct Prepared {
+    policy: PolicyConfig,
+    ingest: Ingest,
+    push_tokens: Option<Tokens>,
+    review_tokens: Option<Tokens>,
+}
+
+/// Checks the configuration of `targets` and reads their files; `tokens` and
+/// `review_tokens` stand in for the token files (demo and tests).
+pub fn prepare(
+    cfg: &Config,
+    targets: &[Target],
+    tokens: Option<Tokens>,
+    review_tokens: Option<Tokens>,
+) -> anyhow::Result<Prepared> {
+    let policy = match &cfg.policy.file {
+        Some(path) => load_policy(path).context("config key `policy.file`")?,
+        None => PolicyConfig::seed(),
+    };
+    let ingest = Ingest::new(&cfg.ingest).context("config section [ingest]")?;
+    cfg.dedup.validate()?;
+    cfg.review.validate()?;
+    cfg.push.tls()?;
+    cfg.push.requests.validate()?;
+    cfg.push.assets.validate()?;
+    let push_tokens = match (targets.contains(&Target::Push), tokens, &cfg.push.tokens_file) {
+        (false, _, _) => None,
+        (true, Some(t), _) => Some(t),
+        (true, None, Some(path)) => Some(Tokens::load(path).context("config key `push.tokens_file`")?),
+        (true, None, None) => anyhow::bail!("config key `push.tokens_file`: required for target push"),
+    };
+    let review_tokens = match (targets.contains(&Target::Review), review_tokens, &cfg.review.tokens_file) {
+        (false, _, _) => None,
+        (true, Some(t), _) => Some(t),
+        (true, None, Some(path)) => Some(Tokens::load(path).context("config key `review.tokens_file`")?),
+        (true, None, None) => anyhow::bail!("config key `review.tokens_file`: required for target review"),
+    };
+    Ok(Prepared { policy, ingest, push_tokens, review_tokens })
+}
+
 /// [`start`], with the review target's tokens (overriding `review.tokens_file`) and
 /// listener given (tests).
 pub async fn start_with_review(
@@ -185,88 +286,248 @@ pub async fn start_with_review(
     review_service: Option<(Tokens, tokio::net::TcpListener)>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
-    let (review_tokens, mut review_listener) = match review_service {
+    let (review_tokens, review_listener) = match review_service {
         Some((t, l)) => (Some(t), Some(l)),
         None => (None, None),
     };
-    let policy = match &cfg.policy.file {
-        Some(path) => load_policy(path)?,
-        None => PolicyConfig::seed(),
-    };
+    let prepared = prepare(cfg, targets, tokens, review_tokens)?;
+    start_prepared(cfg, rt, targets, prepared, listener, review_listener, shutdown).await
+}
+
+/// Starts `targets` from a checked configuration: the pipeline, top to bottom.
+pub async fn start_prepared(
+    cfg: &Config,
+    rt: &Runtime,
+    targets: &[Target],
+    prepared: Prepared,
+    listener: Option<tokio::net::TcpListener>,
+    mut review_listener: Option<tokio::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let Prepared { policy, ingest, push_tokens, review_tokens } = prepared;
     let shards = cfg.topics.shards.get();
-    let ingest = Ingest::new(&cfg.ingest).context("config section [ingest]")?;
-    let mut stages = Vec::new();
-    let mut push = None;
-    let mut review = None;
+    let mut running = Running { stages: Vec::new(), push: None, review: None, shutdown: shutdown.clone() };
     for &target in targets {
         let s = shutdown.child_token();
+        let spec = target.stage();
         let none = FaultInjection::default();
         let handle = match target {
             Target::Ingest => {
                 let i = ingest.clone();
-                spawn_stage(rt, Topic::Raw, move || i.clone(), s, none)?
+                spawn_stage(rt, spec, move || i.clone(), s, none)?
             }
             Target::Dedup => {
-                cfg.dedup.validate()?;
                 let factory = dedup_factory(rt, &cfg.dedup, s.clone());
-                spawn_stage(rt, Topic::Normalized, factory, s, none)?
+                spawn_stage(rt, spec, factory, s, none)?
             }
             Target::Policy => {
                 let p = policy.clone();
-                spawn_stage(rt, Topic::Unique, move || Policy::new(p.clone()), s, none)?
+                spawn_stage(rt, spec, move || Policy::new(p.clone()), s, none)?
             }
             Target::Spatial => {
                 let geo = cfg.geo;
-                spawn_stage(rt, Topic::Alerts, move || Spatial::new(geo, shards), s, none)?
+                spawn_stage(rt, spec, move || Spatial::new(geo, shards), s, none)?
             }
             Target::Review => {
-                let tokens = match (&review_tokens, &cfg.review.tokens_file) {
-                    (Some(t), _) => t.clone(),
-                    (None, Some(path)) => Tokens::load(path).context("config key `review.tokens_file`")?,
-                    (None, None) => anyhow::bail!("config key `review.tokens_file`: required for target review"),
-                };
+                let tokens = review_tokens.clone().context("review tokens")?;
                 let listener = match review_listener.take() {
                     Some(l) => l,
                     None => tokio::net::TcpListener::bind(cfg.review.listen)
                         .await
                         .with_context(|| format!("binding review.listen {}", cfg.review.listen))?,
                 };
-                review = Some(
-                    hexcast_review::start(rt, &cfg.review, cfg.topics.partitions.get(), tokens, listener, s).await?,
-                );
+                running.review = Some(start_review(cfg, rt, tokens, listener, s).await?);
                 continue;
             }
             Target::Push => {
-                let tokens = match (&tokens, &cfg.push.tokens_file) {
-                    (Some(t), _) => t.clone(),
-                    (None, Some(path)) => Tokens::load(path)?,
-                    (None, None) => anyhow::bail!("config key `push.tokens_file`: required for target push"),
-                };
+                let tokens = push_tokens.clone().context("push tokens")?;
                 let listener = match listener {
                     Some(l) => l,
                     None => tokio::net::TcpListener::bind(cfg.push.listen)
                         .await
                         .with_context(|| format!("binding push.listen {}", cfg.push.listen))?,
                 };
-                push = Some(
-                    hexcast_push::start(
-                        rt,
-                        &cfg.push,
-                        cfg.geo,
-                        shards,
-                        cfg.topics.partitions.get(),
-                        tokens,
-                        listener,
-                        s,
-                    )
-                    .await?,
-                );
+                running.push = Some(start_push(cfg, rt, tokens, listener, s).await?);
                 break;
             }
         };
-        stages.push((target, handle));
+        running.stages.push((target, handle));
     }
-    Ok(Running { stages, push, review, shutdown })
+    Ok(running)
+}
+
+/// The dedup stage's factory: every call (start, abandoned batch, rebalance) rebuilds the
+/// state from the `dedup.state` changelog as of the last committed transaction.
+pub fn dedup_factory(
+    rt: &Runtime,
+    cfg: &hexcast_dedup::DedupConfig,
+    shutdown: CancellationToken,
+) -> impl FnMut() -> Dedup + Send + 'static + use<> {
+    let (empty, restore) = (cfg.clone(), cfg.clone());
+    restoring(
+        rt,
+        topology::DEDUP.name,
+        Topic::DedupState,
+        shutdown,
+        move || Dedup::new(empty.clone()),
+        move |records, now| {
+            let (dedup, stats) = Dedup::restore(restore.clone(), records.into_iter().map(|(_, k, v)| (k, v)), now);
+            tracing::info!(
+                restored = stats.restored,
+                expired = stats.expired,
+                malformed = stats.malformed,
+                "dedup state restored from its changelog"
+            );
+            dedup
+        },
+    )
+}
+
+/// The push target: followers fill the subscriber, asset and request tables; the matcher
+/// stage starts only once the subscriber index has caught up (a restarted instance would
+/// otherwise miss the subscribers not loaded yet, and its commit would make the loss
+/// final); the API gateway serves from the same tables.
+async fn start_push(
+    cfg: &Config,
+    rt: &Runtime,
+    tokens: Tokens,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<PushHandle> {
+    let shard_map =
+        hexcast_core::cells::ShardMap { territory_res: cfg.geo.territory_resolution, shards: cfg.topics.shards.get() };
+    let notification_partitions = cfg.topics.partitions.get();
+    let index = Arc::new(SubscriberIndex::new(shard_map));
+    let assets = Arc::new(AssetIndex::default());
+    let requests = Arc::new(RequestStore::default());
+    let loader = {
+        let i = Arc::clone(&index);
+        follow(
+            rt,
+            "subscriptions",
+            Topic::Subscriptions,
+            Partitions::All,
+            Arc::new(move |k: &str, v: Option<&[u8]>| i.apply(k, v)),
+            shutdown.clone(),
+        )?
+    };
+    {
+        let a = Arc::clone(&assets);
+        follow(
+            rt,
+            "assets",
+            Topic::Assets,
+            Partitions::All,
+            Arc::new(move |k: &str, v: Option<&[u8]>| a.apply(k, v)),
+            shutdown.clone(),
+        )?;
+        let r = Arc::clone(&requests);
+        follow(
+            rt,
+            "requests",
+            Topic::Requests,
+            Partitions::All,
+            Arc::new(move |k: &str, v: Option<&[u8]>| r.apply(k, v)),
+            shutdown.clone(),
+        )?;
+    }
+    let matcher = {
+        let (index, assets) = (Arc::clone(&index), Arc::clone(&assets));
+        let max_ids = cfg.push.max_ids_per_batch.get();
+        let rules: Arc<[hexcast_match::EnrichRule]> = cfg.push.assets.enrich.clone().into();
+        let (loaded, stop) = (Arc::clone(&loader), shutdown.clone());
+        let factory = move || {
+            // The runner builds the stage before it opens its consumer.
+            while !loaded.is_caught_up() && !stop.is_cancelled() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Matcher::new(Arc::clone(&index), notification_partitions, max_ids)
+                .with_assets(Arc::clone(&assets), Arc::clone(&rules))
+        };
+        spawn_stage(rt, &topology::MATCH, factory, shutdown.clone(), FaultInjection::default())?
+    };
+    let tables = Tables { index: Arc::clone(&index), assets: Arc::clone(&assets), requests: Arc::clone(&requests) };
+    let api = hexcast_api::start(
+        rt,
+        &cfg.push,
+        cfg.geo,
+        shard_map.shards,
+        notification_partitions,
+        tokens,
+        tables,
+        listener,
+        shutdown,
+    )
+    .await?;
+    Ok(PushHandle { addr: api.addr, index, loader, matcher, server: api.server, assets, requests })
+}
+
+/// The review target: the queue stage restored from its changelog, the ticker that applies
+/// the timeout rule, and the Review service.
+async fn start_review(
+    cfg: &Config,
+    rt: &Runtime,
+    tokens: Tokens,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ReviewHandle> {
+    let pending = PendingMap::default();
+    let factory = {
+        let (empty, restored) = (Arc::clone(&pending), Arc::clone(&pending));
+        restoring(
+            rt,
+            topology::REVIEW.name,
+            Topic::Review,
+            shutdown.clone(),
+            move || ReviewQueue::new(Arc::clone(&empty)),
+            move |records, _now| {
+                let holds = hexcast_review::queue::restore(records);
+                tracing::info!(pending = holds.len(), "review queue restored");
+                *restored.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = holds;
+                ReviewQueue::new(Arc::clone(&restored))
+            },
+        )
+    };
+    let queue = spawn_stage(rt, &topology::REVIEW, factory, shutdown.clone(), FaultInjection::default())?;
+    let api =
+        hexcast_api::start_review(rt, &cfg.push, Arc::clone(&pending), tokens, listener, shutdown.clone()).await?;
+    let ticker =
+        spawn_ticker(rt, cfg.topics.partitions.get(), Duration::from_millis(cfg.review.tick_interval_ms), shutdown)?;
+    let server = tokio::spawn(async move {
+        let (served, ()) = tokio::join!(api.server, ticker);
+        served.context("review gRPC server")?
+    });
+    Ok(ReviewHandle { addr: api.addr, queue, server, pending })
+}
+
+/// Writes a tick to every partition of `review` every `every`: the queue stage applies the
+/// timeout rule when it reads one, so time reaches the stage through the log.
+fn spawn_ticker(
+    rt: &Runtime,
+    partitions: u32,
+    every: Duration,
+    stop: CancellationToken,
+) -> anyhow::Result<impl std::future::Future<Output = ()> + use<>> {
+    let writer = Writer::new(rt, "review-ticker")?;
+    Ok(async move {
+        let mut interval = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let ticks = (0..partitions as i32).map(|p| OutRecord {
+                topic: Topic::Review,
+                key: b"tick".to_vec(),
+                partition: Some(p),
+                payload: Some(b"t".to_vec()),
+                headers: vec![(header::SCHEMA.to_owned(), hexcast_review::queue::TICK_SCHEMA.as_bytes().to_vec())],
+            });
+            if let Err(error) = writer.write(ticks).await {
+                tracing::warn!(%error, "review ticks not delivered");
+            }
+        }
+    })
 }
 
 /// Reads a policy file, with region GeoJSON files read by the binary's GeoJSON reader.
@@ -277,55 +538,6 @@ pub fn load_policy(path: &std::path::Path) -> anyhow::Result<PolicyConfig> {
         Ok(shapes.into_iter().flat_map(|s| s.polygons).collect())
     };
     Ok(PolicyConfig::load_with(path, &polygons)?)
-}
-
-/// How long a dedup instance may take to read its changelog before it retries.
-const RESTORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
-
-/// The dedup stage's factory: every call (start, abandoned batch, rebalance) rebuilds the
-/// state from the `dedup.state` changelog as of the last committed transaction. The first
-/// call also fences a crashed predecessor of this instance, whose open transaction would
-/// otherwise hold the changelog's last stable offset back until it timed out; later calls
-/// must not fence, since this process's own session is then the one that would be fenced.
-/// A read that fails is retried until it succeeds or `shutdown` fires.
-pub fn dedup_factory(
-    rt: &Runtime,
-    cfg: &DedupConfig,
-    shutdown: CancellationToken,
-) -> impl FnMut() -> Dedup + Send + 'static {
-    let rt = rt.clone();
-    let cfg = cfg.clone();
-    let mut first = true;
-    move || {
-        loop {
-            if shutdown.is_cancelled() {
-                return Dedup::new(cfg.clone());
-            }
-            let restored = (|| {
-                if first {
-                    hexcast_runtime::fence_stage(&rt, "dedup")?;
-                }
-                hexcast_runtime::read_changelog(&rt, "dedup", Topic::DedupState, RESTORE_TIMEOUT)
-            })();
-            match restored {
-                Ok(records) => {
-                    first = false;
-                    let (dedup, stats) = Dedup::restore(cfg.clone(), records, (rt.clock)());
-                    tracing::info!(
-                        restored = stats.restored,
-                        expired = stats.expired,
-                        malformed = stats.malformed,
-                        "dedup state restored from its changelog"
-                    );
-                    return dedup;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "restoring dedup state failed, retrying");
-                    std::thread::sleep(std::time::Duration::from_millis(rt.runner.retry_backoff_ms.max(100)));
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -76,7 +76,7 @@ pub type PendingMap = Arc<Mutex<BTreeMap<String, Pending>>>;
 
 /// Rebuilds the pending holds from the `review` topic's records (`(partition, key,
 /// value)` in log order): the latest value of every incident key that is a held alert.
-pub fn restore(records: impl IntoIterator<Item = hexcast_runtime::PartitionedRecord>) -> BTreeMap<String, Pending> {
+pub fn restore(records: impl IntoIterator<Item = hexcast_core::PartitionedRecord>) -> BTreeMap<String, Pending> {
     let mut latest: BTreeMap<Vec<u8>, (i32, Option<Vec<u8>>)> = BTreeMap::new();
     for (p, k, v) in records {
         latest.insert(k, (p, v));

@@ -31,11 +31,7 @@ impl ClientContext for ReaderContext {
 
 impl ConsumerContext for ReaderContext {}
 
-/// One changelog record: key and value, `None` for a tombstone.
-pub type ChangelogRecord = (Vec<u8>, Option<Vec<u8>>);
-
-/// A changelog record with its partition: `(partition, key, value)`.
-pub type PartitionedRecord = (i32, Vec<u8>, Option<Vec<u8>>);
+pub use hexcast_core::{ChangelogRecord, PartitionedRecord};
 
 /// Fences any previous incarnation of `stage` on this instance (a crashed process whose
 /// transaction is still open) by initializing a producer with the stage's transactional

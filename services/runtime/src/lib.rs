@@ -1,19 +1,30 @@
 //! hexcast-runtime: the only crate that talks to Kafka. It holds the one stage runner
-//! (consume, decode, process, produce, commit in one transaction, dead-letter), topic
-//! layout and creation, the embedded broker, layered configuration, metrics and shutdown.
-//! It must never contain stage logic: stages are plain `hexcast_core::Stage`s.
+//! (consume, decode, process, produce, commit in one transaction, dead-letter) with the
+//! restore of a stage's declared changelog, the follower that keeps in-memory tables in
+//! step with compacted topics, the writer that everything outside the runner produces
+//! through, the partition reader behind server streams, topic layout and creation, the
+//! embedded broker, layered configuration, metrics and shutdown. It must never contain
+//! stage logic: stages are plain `hexcast_core::Stage`s.
 
 pub mod broker;
 pub mod changelog;
 pub mod config;
+pub mod follower;
+pub mod reader;
+pub mod restore;
 pub mod runner;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topics;
+pub mod writer;
 
 pub use broker::EmbeddedBroker;
 pub use changelog::{ChangelogRecord, PartitionedRecord, fence_stage, read_changelog, read_changelog_partitioned};
 pub use config::{Delivery, KafkaConfig, MetricsConfig, RunnerConfig, TopicsConfig};
+pub use follower::{FollowerStatus, Partitions, Table, follow};
+pub use reader::{PartitionReader, ReadError, ReadRecord, StartAt};
+pub use restore::restoring;
 pub use runner::{Clock, FaultInjection, Runtime, StageHandle, group_id, spawn_stage, system_clock, transactional_id};
 pub use telemetry::StageStats;
 pub use topics::{TopicNames, TopicSpec, ensure_topics, specs};
+pub use writer::{WriteError, Writer};

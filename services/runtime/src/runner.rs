@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hexcast_core::{
-    FromRecord, InRecord, IntoRecord, OutRecord, ReasonCode, Stage, StageCtx, Timestamp, Topic, header,
+    FromRecord, InRecord, IntoRecord, OutRecord, ReasonCode, Stage, StageCtx, StageSpec, Timestamp, Topic, header,
 };
 use hexcast_proto::v1 as pb;
 use prost::Message as _;
@@ -135,7 +135,7 @@ impl StageHandle {
 /// batch is abandoned, so state never survives an uncommitted batch.
 pub fn spawn_stage<S, F>(
     rt: &Runtime,
-    input: Topic,
+    spec: &'static StageSpec,
     factory: F,
     shutdown: CancellationToken,
     faults: FaultInjection,
@@ -150,8 +150,8 @@ where
     let rt = rt.clone();
     let thread_stats = Arc::clone(&stats);
     let thread = std::thread::Builder::new()
-        .name(format!("stage-{}", input.base_name()))
-        .spawn(move || run(rt, input, factory, shutdown, faults, thread_stats))
+        .name(format!("stage-{}", spec.name))
+        .spawn(move || run(rt, spec, factory, shutdown, faults, thread_stats))
         .context("spawning stage thread")?;
     Ok(StageHandle { stats, thread })
 }
@@ -469,7 +469,12 @@ struct Processed {
     filtered: u64,
 }
 
-fn process_batch<S>(stage: &mut S, batch: &[rdkafka::message::OwnedMessage], now: Timestamp) -> Processed
+fn process_batch<S>(
+    stage: &mut S,
+    spec: &StageSpec,
+    batch: &[rdkafka::message::OwnedMessage],
+    now: Timestamp,
+) -> Processed
 where
     S: Stage,
     S::In: FromRecord,
@@ -478,6 +483,7 @@ where
     let name = stage.name();
     let mut p = Processed { outputs: Vec::new(), offsets: BTreeMap::new(), rejected: Vec::new(), filtered: 0 };
     let mut outs = Vec::new();
+    let mut kept: Vec<OutRecord> = Vec::new();
     for m in batch {
         p.offsets.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
         let rec = to_in_record(m);
@@ -492,7 +498,21 @@ where
             Ok(input) => {
                 outs.clear();
                 match std::panic::catch_unwind(AssertUnwindSafe(|| stage.process(input, &ctx, &mut outs))) {
-                    Ok(Ok(())) => Ok(()),
+                    Ok(Ok(())) => {
+                        // A stage writes only what the topology declares for it; anything
+                        // else is a bug in the stage, and the input goes to the dead letters.
+                        let records: Vec<OutRecord> = outs.drain(..).map(IntoRecord::into_record).collect();
+                        match records.iter().map(|r| r.topic).find(|t| !spec.writes(*t)) {
+                            Some(topic) => {
+                                tracing::error!(stage = name, %topic, "stage wrote a topic it does not declare");
+                                Err(("undeclared_output", format!("stage {name} wrote {topic}")))
+                            }
+                            None => {
+                                kept = records;
+                                Ok(())
+                            }
+                        }
+                    }
                     Ok(Err(reject)) => Err((reject.reason_code(), reject.to_string())),
                     Err(_) => Err(("stage_panic", "the stage panicked on this record".to_owned())),
                 }
@@ -500,11 +520,10 @@ where
         };
         match result {
             Ok(()) => {
-                if outs.is_empty() {
+                if kept.is_empty() {
                     p.filtered += 1;
                 }
-                for o in outs.drain(..) {
-                    let mut r = o.into_record();
+                for mut r in kept.drain(..) {
                     propagate(&rec, &mut r);
                     p.outputs.push(r);
                 }
@@ -521,7 +540,7 @@ where
 
 fn run<S, F>(
     rt: Runtime,
-    input: Topic,
+    spec: &'static StageSpec,
     mut factory: F,
     shutdown: CancellationToken,
     faults: FaultInjection,
@@ -533,8 +552,10 @@ where
     S::In: FromRecord,
     S::Out: IntoRecord,
 {
+    let input = spec.input;
     let mut stage = factory();
     let name = stage.name();
+    anyhow::ensure!(name == spec.name, "stage {name} started under the topology row of {}", spec.name);
     let mut batch_no: u64 = 0;
     'session: loop {
         if shutdown.is_cancelled() {
@@ -571,7 +592,7 @@ where
             batch_no += 1;
             let started = Instant::now();
             let now = (rt.clock)();
-            let processed = process_batch(&mut stage, &batch, now);
+            let processed = process_batch(&mut stage, spec, &batch, now);
             let crash = faults.crash_before_commit_of_batch == Some(batch_no);
             let fail = faults.abort_batch == Some(batch_no);
             match session.commit(&rt.names, &processed.outputs, &processed.offsets, crash, fail) {

@@ -25,9 +25,9 @@ use hexcast_core::cells::{GeoConfig, ShardMap};
 use hexcast_core::{LatLng, Stage as _, StageCtx, Timestamp, header};
 use hexcast_dedup::{Dedup, DedupConfig};
 use hexcast_ingest::{Ingest, RawIncident};
+use hexcast_match::SubscriberIndex;
 use hexcast_policy::{Policy, PolicyConfig, PolicyOut};
 use hexcast_proto::v1 as pb;
-use hexcast_push::SubscriberIndex;
 use hexcast_spatial::Spatial;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -258,7 +258,7 @@ fn expected(
     let shard_map = ShardMap { territory_res: geo.territory_resolution, shards: SHARDS };
     let index = SubscriberIndex::new(shard_map);
     for (tenant, s) in subs {
-        let stored = hexcast_push::service::stored_subscription(&geo, &shard_map, 20_000, tenant, s.clone(), now)
+        let stored = hexcast_api::subscriptions::stored_subscription(&geo, &shard_map, 20_000, tenant, s.clone(), now)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         index.upsert(stored);
     }

@@ -158,7 +158,8 @@ fn main() -> anyhow::Result<()> {
                 ..Default::default()
             };
             out.put("api_subscription", &pb::UpsertRequest { subscription: Some(api.clone()) }.encode_to_vec())?;
-            if let Ok(stored) = hexcast_push::service::stored_subscription(&geo, &shard_map, 20_000, "alpha", api, now)
+            if let Ok(stored) =
+                hexcast_api::subscriptions::stored_subscription(&geo, &shard_map, 20_000, "alpha", api, now)
             {
                 out.put("decode_subscription", &pb::Subscription::from(&stored).encode_to_vec())?;
             }

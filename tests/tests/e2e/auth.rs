@@ -7,9 +7,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use hexcast::Target;
+use hexcast::targets::PushHandle;
+use hexcast_api::Tokens;
 use hexcast_core::Topic;
 use hexcast_proto::v1 as pb;
-use hexcast_push::{PushHandle, Tokens};
 use prost::Message as _;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -87,7 +87,7 @@ async fn dedup_aborted_then_restarted_emits_no_second_new() {
     let faults = FaultInjection { abort_batch: Some(2), crash_before_commit_of_batch: Some(4) };
     let first_shutdown = CancellationToken::new();
     let factory = hexcast::targets::dedup_factory(&rt, &cfg.dedup, first_shutdown.clone());
-    let first = spawn_stage(&rt, Topic::Normalized, factory, first_shutdown, faults).expect("spawn");
+    let first = spawn_stage(&rt, &hexcast_core::topology::DEDUP, factory, first_shutdown, faults).expect("spawn");
     let stats = std::sync::Arc::clone(&first.stats);
     let err = first.join().await.expect_err("the first life must crash");
     assert!(err.to_string().contains("injected crash"), "{err:#}");
@@ -103,8 +103,8 @@ async fn dedup_aborted_then_restarted_emits_no_second_new() {
     // Second life: a new instance (same instance id) restores and finishes the work.
     let shutdown = CancellationToken::new();
     let factory = hexcast::targets::dedup_factory(&rt, &cfg.dedup, shutdown.clone());
-    let second =
-        spawn_stage(&rt, Topic::Normalized, factory, shutdown.clone(), FaultInjection::default()).expect("spawn");
+    let second = spawn_stage(&rt, &hexcast_core::topology::DEDUP, factory, shutdown.clone(), FaultInjection::default())
+        .expect("spawn");
 
     let brokers = cfg.kafka.brokers.clone();
     let out = rt.names.name(Topic::Unique).to_owned();
@@ -166,7 +166,7 @@ async fn dedup_rebalanced_to_a_second_instance_emits_no_second_new() {
     let shutdown = CancellationToken::new();
     let a = spawn_stage(
         &rt_a,
-        Topic::Normalized,
+        &hexcast_core::topology::DEDUP,
         hexcast::targets::dedup_factory(&rt_a, &cfg.dedup, shutdown.clone()),
         shutdown.clone(),
         FaultInjection::default(),
@@ -186,7 +186,7 @@ async fn dedup_rebalanced_to_a_second_instance_emits_no_second_new() {
     // Instance B joins: the group rebalances, both rebuild their state from the changelog.
     let b = spawn_stage(
         &rt_b,
-        Topic::Normalized,
+        &hexcast_core::topology::DEDUP,
         hexcast::targets::dedup_factory(&rt_b, &cfg_b.dedup, shutdown.clone()),
         shutdown.clone(),
         FaultInjection::default(),

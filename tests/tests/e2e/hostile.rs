@@ -8,9 +8,9 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use hexcast::Target;
+use hexcast_api::Tokens;
 use hexcast_core::{Topic, header};
 use hexcast_proto::v1 as pb;
-use hexcast_push::Tokens;
 use prost::Message as _;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};

@@ -12,8 +12,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use hexcast::Target;
+use hexcast_api::Tokens;
 use hexcast_core::{LatLng, Topic};
-use hexcast_push::Tokens;
 use std::io::{BufRead as _, BufReader, Write as _};
 use tokio_util::sync::CancellationToken;
 

@@ -7,9 +7,9 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use hexcast::Target;
+use hexcast_api::Tokens;
 use hexcast_core::{LatLng, Topic};
 use hexcast_proto::v1 as pb;
-use hexcast_push::Tokens;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 

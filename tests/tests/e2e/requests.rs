@@ -9,11 +9,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use hexcast::Target;
+use hexcast_api::{Role, Tokens};
 use hexcast_core::{LatLng, Topic};
 use hexcast_proto::v1 as pb;
 use hexcast_proto::v1::assets_client::AssetsClient;
 use hexcast_proto::v1::requests_client::RequestsClient;
-use hexcast_push::{Role, Tokens};
 use prost::Message as _;
 use rdkafka::Message as _;
 use rdkafka::message::Headers as _;

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hexcast::Target;
+use hexcast_api::Tokens;
 use hexcast_core::{LatLng, Timestamp, Topic, header};
 use hexcast_proto::v1 as pb;
-use hexcast_push::Tokens;
 use prost::Message as _;
 use rdkafka::ClientConfig;
 use rdkafka::Message as _;

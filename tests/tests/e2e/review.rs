@@ -6,13 +6,13 @@
 use std::time::Duration;
 
 use hexcast::Target;
+use hexcast_api::Tokens;
 use hexcast_core::{
     Category, Certainty, EventKind, Incident, IncidentEvent, IncidentStatus, IntoRecord, LatLng, Severity, Timestamp,
     Topic, Urgency,
 };
 use hexcast_proto::v1 as pb;
 use hexcast_proto::v1::review_client::ReviewClient;
-use hexcast_push::Tokens;
 use prost::Message as _;
 use rdkafka::ClientConfig;
 use rdkafka::Message as _;

@@ -32,14 +32,16 @@ async fn runner_killed_mid_batch_then_restarted_emits_each_record_exactly_once()
 
     // First life: dies after producing its third batch, before the commit.
     let crash = FaultInjection { crash_before_commit_of_batch: Some(3), ..FaultInjection::default() };
-    let first = spawn_stage(&rt, Topic::Raw, Ingest::default, CancellationToken::new(), crash).expect("spawn");
+    let first = spawn_stage(&rt, &hexcast_core::topology::INGEST, Ingest::default, CancellationToken::new(), crash)
+        .expect("spawn");
     let err = first.join().await.expect_err("the first life must crash");
     assert!(err.to_string().contains("injected crash"), "{err:#}");
 
     // Second life, same instance id: fences the zombie and finishes the work.
     let shutdown = CancellationToken::new();
     let second =
-        spawn_stage(&rt, Topic::Raw, Ingest::default, shutdown.clone(), FaultInjection::default()).expect("spawn");
+        spawn_stage(&rt, &hexcast_core::topology::INGEST, Ingest::default, shutdown.clone(), FaultInjection::default())
+            .expect("spawn");
 
     let brokers = cfg.kafka.brokers.clone();
     let out = rt.names.name(Topic::Normalized).to_owned();

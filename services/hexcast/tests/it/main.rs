@@ -79,8 +79,8 @@ fn the_example_config_lists_only_valid_keys() {
     assert_eq!(cfg.push.keepalive_interval_ms, 30_000);
     assert_eq!(cfg.push.max_request_bytes.get(), 4 << 20);
     assert!(cfg.push.tls_cert_file.is_none());
-    assert_eq!(cfg.push.requests, hexcast_push::RequestsConfig::default());
-    assert_eq!(cfg.push.assets, hexcast_push::AssetsConfig::default());
+    assert_eq!(cfg.push.requests, hexcast_api::RequestsConfig::default());
+    assert_eq!(cfg.push.assets, hexcast_match::AssetsConfig::default());
 }
 
 #[test]

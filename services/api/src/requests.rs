@@ -21,22 +21,21 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use hexcast_core::cells::{cover, partition_for_key};
-use hexcast_core::{Alert, Area, Category, EventKind, IndexedAlert, LatLng, Timestamp, Topic};
+use hexcast_core::{
+    Alert, Area, Category, EventKind, IndexedAlert, IntoRecord as _, LatLng, OutRecord, Timestamp, Topic,
+};
 use hexcast_proto::v1 as pb;
 use hexcast_proto::v1::requests_server::Requests;
+use hexcast_runtime::{PartitionReader, StartAt};
 use prost::Message as _;
-use rdkafka::Message as _;
-use rdkafka::message::{Header, Headers as _, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
-use rdkafka::topic_partition_list::Offset;
 use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Role, tenant_with_role};
 use crate::error::PushError;
-use crate::service::{PushState, SHUTTING_DOWN, next_record, partition_reader, subscriber_id};
-use crate::table::random_id;
+use crate::state::{ApiState, SHUTTING_DOWN, next_record};
+use crate::subscriptions::subscriber_id;
 
 /// Category of the synthetic alert that routes a request through the matchers.
 pub const REQUEST_CATEGORY: &str = "public.request";
@@ -125,7 +124,7 @@ impl RequestStore {
     }
 
     /// Applies a record of the requests topic.
-    pub fn apply(&self, key: &str, payload: Option<&[u8]>) {
+    pub fn apply(&self, key: &str, payload: Option<&[u8]>) -> Result<(), String> {
         match payload.map(pb::GeoRequest::decode) {
             None => {
                 if let Ok(mut m) = self.by_id.write() {
@@ -133,8 +132,9 @@ impl RequestStore {
                 }
             }
             Some(Ok(r)) => self.put(r),
-            Some(Err(error)) => tracing::warn!(%error, key, "undecodable request record skipped"),
+            Some(Err(error)) => return Err(format!("undecodable request record: {error}")),
         }
+        Ok(())
     }
 }
 
@@ -245,8 +245,8 @@ pub fn validated_request(
 /// The Requests service.
 #[derive(Debug, Clone)]
 pub struct RequestsService {
-    /// Shared push state (producer, runtime, geo).
-    pub state: Arc<PushState>,
+    /// Shared gateway state (writer, runtime, geo).
+    pub state: Arc<ApiState>,
     /// Requests by id.
     pub store: Arc<RequestStore>,
     /// Limits.
@@ -254,22 +254,7 @@ pub struct RequestsService {
 }
 
 impl RequestsService {
-    fn send(
-        &self,
-        topic: Topic,
-        key: &str,
-        payload: &[u8],
-        partition: Option<i32>,
-    ) -> Result<DeliveryFuture, PushError> {
-        let name = self.state.rt.names.name(topic);
-        let mut rec = FutureRecord::to(name).key(key).payload(payload);
-        if let Some(p) = partition {
-            rec = rec.partition(p);
-        }
-        self.state.producer.send_result(rec).map_err(|(e, _)| PushError::Unavailable(e.to_string()))
-    }
-
-    fn transparency(&self, r: &pb::GeoRequest, area: &Area, at: Timestamp) -> Result<DeliveryFuture, PushError> {
+    fn transparency(&self, r: &pb::GeoRequest, area: &Area, at: Timestamp) -> Result<OutRecord, PushError> {
         let res = h3o::Resolution::try_from(self.cfg.transparency_resolution).unwrap_or(h3o::Resolution::Seven);
         let cells = cover(area, res, 10_000).map_err(|e| PushError::invalid("area", e))?;
         let entry = pb::TransparencyEntry {
@@ -282,7 +267,7 @@ impl RequestsService {
             at_ms: at.0,
             state: r.state,
         };
-        self.send(Topic::Transparency, &r.agency, &entry.encode_to_vec(), None)
+        Ok(OutRecord::proto(Topic::Transparency, r.agency.as_str(), &entry, "hexcast.v1.TransparencyEntry"))
     }
 
     /// The `alerts.indexed` records that route `r` to the matchers: a synthetic alert over
@@ -312,17 +297,6 @@ impl RequestsService {
         Ok(routed)
     }
 
-    /// Queues routed records on their shards' partitions of `alerts.indexed`.
-    fn send_routed(&self, routed: &[IndexedAlert]) -> Result<Vec<DeliveryFuture>, PushError> {
-        routed
-            .iter()
-            .map(|ia| {
-                let payload = pb::IndexedAlert::from(ia).encode_to_vec();
-                self.send(Topic::Indexed, &ia.alert.alert_id, &payload, Some(ia.shard as i32))
-            })
-            .collect()
-    }
-
     /// The agency's own request, or NOT_FOUND exactly as for an unknown id.
     fn own(&self, agency: &str, raw_id: &str) -> Result<pb::GeoRequest, PushError> {
         let id = raw_id.trim();
@@ -333,15 +307,9 @@ impl RequestsService {
     }
 }
 
-async fn settle(futures: Vec<DeliveryFuture>) -> Result<(), PushError> {
-    for f in futures {
-        match f.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(PushError::Unavailable(e.to_string())),
-            Err(_) => return Err(PushError::Unavailable("producer dropped".into())),
-        }
-    }
-    Ok(())
+/// The record that stores `r` on the compacted `requests` topic.
+fn stored(r: &pb::GeoRequest) -> OutRecord {
+    OutRecord::proto(Topic::Requests, r.request_id.as_str(), r, "hexcast.v1.GeoRequest")
 }
 
 #[tonic::async_trait]
@@ -352,11 +320,10 @@ impl Requests for RequestsService {
         let (stored, area) = validated_request(&self.cfg, &agency, req.into_inner(), now)?;
         let routed = self.routed(&stored, &area, EventKind::New, now)?;
         // Transparency first: nothing reaches anyone without being in the public log.
-        settle(vec![self.transparency(&stored, &area, now)?]).await?;
-        let mut pending = vec![self.send(Topic::Requests, &stored.request_id, &stored.encode_to_vec(), None)?];
+        self.state.write([self.transparency(&stored, &area, now)?]).await?;
+        let record = self::stored(&stored);
         self.store.put(stored.clone());
-        pending.extend(self.send_routed(&routed)?);
-        settle(pending).await?;
+        self.state.write(std::iter::once(record).chain(routed.into_iter().map(IndexedAlert::into_record))).await?;
         Ok(Response::new(stored))
     }
 
@@ -379,13 +346,10 @@ impl Requests for RequestsService {
             .and_then(|a| Area::try_from(a).ok())
             .ok_or_else(|| Status::internal("stored request without a valid area"))?;
         let routed = self.routed(&r, &area, EventKind::Close, now)?;
-        let mut pending = vec![
-            self.transparency(&r, &area, now)?,
-            self.send(Topic::Requests, &r.request_id, &r.encode_to_vec(), None)?,
-        ];
+        let mut pending = vec![self.transparency(&r, &area, now)?, stored(&r)];
         // The recipients learn of the cancellation the way they learned of the request.
-        pending.extend(self.send_routed(&routed)?);
-        settle(pending).await?;
+        pending.extend(routed.into_iter().map(IndexedAlert::into_record));
+        self.state.write(pending).await?;
         self.store.put(r.clone());
         Ok(Response::new(r))
     }
@@ -438,13 +402,11 @@ impl Requests for RequestsService {
             shared: Some(shared),
             responded_at_ms: now.0,
         };
-        let payload = answer.encode_to_vec();
-        let topic = self.state.rt.names.name(Topic::RequestResponses);
         let partition = partition_for_key(&id, self.state.notification_partitions);
-        let headers = OwnedHeaders::new().insert(Header { key: RESPONDER, value: Some(key.as_str()) });
-        let rec = FutureRecord::to(topic).key(&id).payload(&payload).partition(partition).headers(headers);
-        let f = self.state.producer.send_result(rec).map_err(|(e, _)| PushError::Unavailable(e.to_string()))?;
-        settle(vec![f]).await?;
+        let record = OutRecord::proto(Topic::RequestResponses, id.as_str(), &answer, "hexcast.v1.ConsentedResponse")
+            .on_partition(partition)
+            .with_header(RESPONDER, key.as_str());
+        self.state.write([record]).await?;
         Ok(Response::new(pb::RespondResponse {}))
     }
 
@@ -461,26 +423,28 @@ impl Requests for RequestsService {
         let request = self.own(&agency, &req.into_inner().request_id)?;
         let state = Arc::clone(&self.state);
         let partition = partition_for_key(&request.request_id, state.notification_partitions);
-        let consumer =
-            partition_reader(&state.rt, "requests-stream", Topic::RequestResponses, partition, Offset::Beginning)?;
+        let reader =
+            PartitionReader::open(&state.rt, "requests-stream", Topic::RequestResponses, partition, StartAt::Beginning)
+                .map_err(PushError::from)?;
         let (tx, rx) = tokio::sync::mpsc::channel(state.stream_buffer.max(1));
         tokio::spawn(async move {
             // One answer per subscriber: a backend that retries a yes does not count twice.
             let mut seen: HashSet<Vec<u8>> = HashSet::new();
             loop {
-                let Some(msg) = next_record(&consumer, &tx, &state.streams_stop, "responses").await else { break };
-                if msg.key() != Some(request.request_id.as_bytes()) {
+                let Some(msg) = next_record(&reader, &tx, &state.streams_stop).await else { break };
+                let msg = msg.record;
+                if msg.key.as_deref() != Some(request.request_id.as_bytes()) {
                     continue;
                 }
-                let responder = msg
-                    .headers()
-                    .and_then(|h| h.iter().find(|h| h.key == RESPONDER).and_then(|h| h.value.map(<[u8]>::to_vec)));
+                let responder = msg.header(RESPONDER).map(<[u8]>::to_vec);
                 if let Some(who) = responder
                     && !seen.insert(who)
                 {
                     continue;
                 }
-                let Some(answer) = msg.payload().and_then(|p| pb::ConsentedResponse::decode(p).ok()) else { continue };
+                let Some(answer) = msg.payload.as_deref().and_then(|p| pb::ConsentedResponse::decode(p).ok()) else {
+                    continue;
+                };
                 if answer.request_id != request.request_id {
                     continue;
                 }
@@ -491,6 +455,20 @@ impl Requests for RequestsService {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// A random 128-bit id as 32 hex digits, from the standard library's randomly seeded
+/// hasher (no id is derived from anything a caller could guess).
+pub fn random_id() -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut out = String::with_capacity(32);
+    for salt in 0..2u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(salt);
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
 }
 
 #[cfg(test)]

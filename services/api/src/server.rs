@@ -1,10 +1,9 @@
-//! Assembles the push service: the subscriber index and its loader, the matcher stage on
-//! the shared runner, the request and asset tables, and the gRPC server (Push,
-//! Subscriptions, Requests, Assets, health, reflection) behind
-//! bearer-token authentication, optionally over TLS (rustls). One call starts it all; one
-//! token stops it all, in this order: health NOT_SERVING, open streams end with UNAVAILABLE
-//! (the client resumes from its last cursor elsewhere), a grace period, then the listener
-//! closes.
+//! Assembles the gateway: the gRPC server (Push, Subscriptions, Requests, Assets, health,
+//! reflection) behind bearer-token authentication, optionally over TLS (rustls), over the
+//! tables the runtime's followers keep; and, for the review target, the Review service on
+//! its own listener with the same plumbing. One token stops a server, in this order: health
+//! NOT_SERVING, open streams end with UNAVAILABLE (the client resumes from its last cursor
+//! elsewhere), a grace period, then the listener closes.
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -13,26 +12,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hexcast_core::Topic;
 use hexcast_core::cells::{GeoConfig, ShardMap};
+use hexcast_match::{AssetIndex, AssetsConfig, SubscriberIndex};
 use hexcast_proto::v1::assets_server::AssetsServer;
 use hexcast_proto::v1::push_server::PushServer;
 use hexcast_proto::v1::requests_server::RequestsServer;
+use hexcast_proto::v1::review_server::ReviewServer;
 use hexcast_proto::v1::subscriptions_server::SubscriptionsServer;
-use hexcast_runtime::{FaultInjection, Runtime, StageHandle, spawn_stage};
+use hexcast_review::PendingMap;
+use hexcast_runtime::{Runtime, Writer};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Identity, ServerTlsConfig};
 
-use crate::assets::{AssetIndex, AssetsConfig, AssetsService};
+use crate::assets::AssetsService;
 use crate::auth::{Role, Tokens};
-use crate::index::SubscriberIndex;
-use crate::loader::{LoaderStatus, spawn_loader};
-use crate::matcher::Matcher;
+use crate::push::PushService;
 use crate::requests::{RequestStore, RequestsConfig, RequestsService};
-use crate::service::{PushService, PushState, SubscriptionsService};
+use crate::review::ReviewService;
+use crate::state::ApiState;
+use crate::subscriptions::SubscriptionsService;
 
 /// How long requests still in flight after the grace period may take before their
 /// connections are closed.
@@ -163,26 +164,27 @@ impl Default for PushConfig {
     }
 }
 
-/// A running push service.
-#[derive(Debug)]
-pub struct PushHandle {
-    /// The bound gRPC address.
-    pub addr: SocketAddr,
-    /// The subscriber index.
+/// The in-memory tables the services read, kept by the runtime's followers.
+#[derive(Debug, Clone)]
+pub struct Tables {
+    /// Subscribers (shard routing, Get, Respond).
     pub index: Arc<SubscriberIndex>,
-    /// Loader progress.
-    pub loader: Arc<LoaderStatus>,
-    /// The matcher stage.
-    pub matcher: StageHandle,
-    /// The gRPC server task.
-    pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
     /// Registered assets.
     pub assets: Arc<AssetIndex>,
     /// Geofenced requests.
     pub requests: Arc<RequestStore>,
 }
 
-/// Starts the push service on `listener`.
+/// A running gRPC server.
+#[derive(Debug)]
+pub struct ApiHandle {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The server task; it ends after shutdown.
+    pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts the gateway's Push, Subscriptions, Requests and Assets services on `listener`.
 #[allow(clippy::too_many_arguments)]
 pub async fn start(
     rt: &Runtime,
@@ -191,70 +193,22 @@ pub async fn start(
     shards: u32,
     notification_partitions: u32,
     tokens: Tokens,
+    tables: Tables,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> anyhow::Result<PushHandle> {
+) -> anyhow::Result<ApiHandle> {
     // Configuration errors first, before anything starts.
     let tls = cfg.tls()?;
     cfg.requests.validate()?;
     cfg.assets.validate()?;
     let shard_map = ShardMap { territory_res: geo.territory_resolution, shards };
-    let index = Arc::new(SubscriberIndex::new(shard_map));
-    let loader = spawn_loader(rt, Arc::clone(&index), None, shutdown.clone())?;
-    let assets = Arc::new(AssetIndex::default());
-    let requests = Arc::new(RequestStore::default());
-    {
-        let a = Arc::clone(&assets);
-        crate::table::follow(rt, Topic::Assets, notification_partitions, move |k, v| a.apply(k, v), shutdown.clone())?;
-        let r = Arc::clone(&requests);
-        crate::table::follow(
-            rt,
-            Topic::Requests,
-            notification_partitions,
-            move |k, v| r.apply(k, v),
-            shutdown.clone(),
-        )?;
-    }
-
-    let matcher = {
-        let index = Arc::clone(&index);
-        let max_ids = cfg.max_ids_per_batch.get();
-        let assets = Arc::clone(&assets);
-        let rules: Arc<[crate::assets::EnrichRule]> = cfg.assets.enrich.clone().into();
-        let (loaded, stop) = (Arc::clone(&loader), shutdown.clone());
-        spawn_stage(
-            rt,
-            Topic::Indexed,
-            move || {
-                // The runner builds the stage before it opens its consumer: no alert is
-                // matched against a half-loaded index (a restarted instance would miss the
-                // subscribers not loaded yet, and its commit would make the loss final).
-                while !loaded.caught_up.load(std::sync::atomic::Ordering::SeqCst) && !stop.is_cancelled() {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Matcher::new(Arc::clone(&index), notification_partitions, max_ids)
-                    .with_assets(Arc::clone(&assets), Arc::clone(&rules))
-            },
-            shutdown.clone(),
-            FaultInjection::default(),
-        )?
-    };
-
-    let producer = rt
-        .client_config()
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .context("creating subscriptions producer")?;
-    let state = Arc::new(PushState {
+    let state = Arc::new(ApiState {
         rt: rt.clone(),
         geo,
         shards: shard_map,
         notification_partitions,
-        index: Arc::clone(&index),
-        producer,
+        index: Arc::clone(&tables.index),
+        writer: Writer::new(rt, "api")?,
         max_cells_per_subscription: cfg.max_cells_per_subscription.get(),
         max_ids_per_batch: cfg.max_ids_per_batch.get(),
         max_batch_id_bytes: cfg.max_response_bytes.get() / 2,
@@ -262,18 +216,12 @@ pub async fn start(
         streams_stop: CancellationToken::new(),
     });
 
-    let addr = listener.local_addr().context("reading the bound address")?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
     health.set_serving::<PushServer<PushService>>().await;
     health.set_serving::<SubscriptionsServer<SubscriptionsService>>().await;
     health.set_serving::<RequestsServer<RequestsService>>().await;
     health.set_serving::<AssetsServer<AssetsService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(hexcast_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building reflection service")?;
     let auth = tokens.interceptor();
     // Push and Subscriptions are for push backends only; Requests and Assets check the
     // role per call (Respond is a backend's, the rest of Requests an agency's).
@@ -287,67 +235,129 @@ pub async fn start(
         .max_encoding_message_size(max_out);
     let requests_service = RequestsServer::new(RequestsService {
         state: Arc::clone(&state),
-        store: Arc::clone(&requests),
+        store: Arc::clone(&tables.requests),
         cfg: cfg.requests.clone(),
     })
     .max_decoding_message_size(max_in)
     .max_encoding_message_size(max_out);
     let assets_service = AssetsServer::new(AssetsService {
         state: Arc::clone(&state),
-        index: Arc::clone(&assets),
+        index: Arc::clone(&tables.assets),
         cfg: cfg.assets.clone(),
     })
     .max_decoding_message_size(max_in)
     .max_encoding_message_size(max_out);
+    let router = builder(cfg, tls.clone())?
+        .add_service(health_service)
+        .add_service(reflection()?)
+        .add_service(InterceptedService::new(push, backend_auth.clone()))
+        .add_service(InterceptedService::new(subscriptions, backend_auth))
+        .add_service(InterceptedService::new(requests_service, auth.clone()))
+        .add_service(InterceptedService::new(assets_service, auth));
+    let drain = async move {
+        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        health.set_not_serving::<PushServer<PushService>>().await;
+        health.set_not_serving::<SubscriptionsServer<SubscriptionsService>>().await;
+        health.set_not_serving::<RequestsServer<RequestsService>>().await;
+        health.set_not_serving::<AssetsServer<AssetsService>>().await;
+        // ...then the open streams end with UNAVAILABLE (resume from the last cursor).
+        state.streams_stop.cancel();
+    };
+    serve(router, listener, Duration::from_millis(cfg.shutdown_grace_ms), tls.is_some(), "push", drain, shutdown)
+}
+
+/// Starts the Review service on `listener`, over the review queue's pending holds. It
+/// shares the gateway's TLS, keepalive, size limits and shutdown (`cfg`), and reviewers
+/// authenticate with their own `tokens`.
+pub async fn start_review(
+    rt: &Runtime,
+    cfg: &PushConfig,
+    pending: PendingMap,
+    tokens: Tokens,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ApiHandle> {
+    let tls = cfg.tls()?;
+    let service = ReviewService::new(pending, Writer::new(rt, "review-verdicts")?, rt.clock.clone());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health.set_serving::<ReviewServer<ReviewService>>().await;
+    let review = ReviewServer::new(service)
+        .max_decoding_message_size(cfg.max_request_bytes.get())
+        .max_encoding_message_size(cfg.max_response_bytes.get());
+    let router = builder(cfg, tls.clone())?
+        .add_service(health_service)
+        .add_service(reflection()?)
+        .add_service(InterceptedService::new(review, tokens.interceptor()));
+    let drain = async move {
+        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        health.set_not_serving::<ReviewServer<ReviewService>>().await;
+    };
+    serve(router, listener, Duration::from_millis(cfg.shutdown_grace_ms), tls.is_some(), "review", drain, shutdown)
+}
+
+/// A server builder with the configured keepalive and TLS.
+fn builder(cfg: &PushConfig, tls: Option<ServerTlsConfig>) -> anyhow::Result<tonic::transport::Server> {
     let keepalive = Duration::from_millis(cfg.keepalive_interval_ms);
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(Duration::from_millis(cfg.keepalive_timeout_ms)))
         .tcp_keepalive(Some(keepalive))
         .tcp_nodelay(true);
-    let secure = tls.is_some();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls).context("config key `push.tls_cert_file`: invalid TLS identity")?;
     }
-    let router = builder
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(InterceptedService::new(push, backend_auth.clone()))
-        .add_service(InterceptedService::new(subscriptions, backend_auth))
-        .add_service(InterceptedService::new(requests_service, auth.clone()))
-        .add_service(InterceptedService::new(assets_service, auth));
+    Ok(builder)
+}
+
+/// The reflection service over hexcast's and health's descriptors.
+fn reflection() -> anyhow::Result<
+    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(hexcast_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building reflection service")
+}
+
+/// Serves `router` on `listener` until `shutdown`: then `drain` (health NOT_SERVING, end
+/// streams), a grace period with the listener still open for probes, and a hard deadline
+/// for requests still in flight.
+fn serve(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    grace: Duration,
+    secure: bool,
+    name: &'static str,
+    drain: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ApiHandle> {
+    let addr = listener.local_addr().context("reading the bound address")?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let stop = shutdown.clone();
-    let grace = Duration::from_millis(cfg.shutdown_grace_ms);
-    let hard_stop = shutdown.clone();
     let server = tokio::spawn(async move {
         let serve = router.serve_with_incoming_shutdown(incoming, async move {
             stop.cancelled().await;
             // Load balancers and probes first, so no new client is sent here...
-            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-            health.set_not_serving::<PushServer<PushService>>().await;
-            health.set_not_serving::<SubscriptionsServer<SubscriptionsService>>().await;
-            health.set_not_serving::<RequestsServer<RequestsService>>().await;
-            health.set_not_serving::<AssetsServer<AssetsService>>().await;
-            // ...then the open streams end with UNAVAILABLE (resume from the last cursor)...
-            state.streams_stop.cancel();
-            tracing::info!(grace_ms = grace.as_millis() as u64, "push service draining");
+            drain.await;
+            tracing::info!(server = name, grace_ms = grace.as_millis() as u64, "gRPC server draining");
             // ...and the listener stays up a moment for probes to see NOT_SERVING.
             tokio::time::sleep(grace).await;
         });
         // Requests in flight get a few seconds more; a stream that never ends by itself
         // (a client's health Watch) must not hold the process up forever.
         tokio::select! {
-            r = serve => r.context("gRPC server"),
+            r = serve => r.with_context(|| format!("{name} gRPC server")),
             () = async {
-                hard_stop.cancelled().await;
+                shutdown.cancelled().await;
                 tokio::time::sleep(grace + IN_FLIGHT_DEADLINE).await;
             } => {
-                tracing::warn!("gRPC connections still open after the grace period: closed");
+                tracing::warn!(server = name, "gRPC connections still open after the grace period: closed");
                 Ok(())
             }
         }
     });
-    tracing::info!(%addr, tls = secure, "push service listening");
-    Ok(PushHandle { addr, index, loader, matcher, server, assets, requests })
+    tracing::info!(%addr, tls = secure, server = name, "gRPC server listening");
+    Ok(ApiHandle { addr, server })
 }

@@ -1,26 +1,19 @@
-//! Registered assets (AEDs, cameras): the Assets gRPC service, the compacted `assets` topic
-//! they are stored on, and the in-memory index the matcher and NearbyLookup read. The index
-//! buckets assets by their H3 cell at resolution 9; a lookup scans the grid disk that
-//! surely holds every point within the radius and keeps those truly within it (great-circle
-//! distance), nearest first.
+//! Registered assets (AEDs, cameras): the in-memory index the matcher and the Assets
+//! service's NearbyLookup read, kept from the compacted `assets` topic, and the enrichment
+//! rules that attach nearby public assets to alerts. The index buckets assets by their H3
+//! cell at resolution 9; a lookup scans the grid disk that surely holds every point within
+//! the radius and keeps those truly within it (great-circle distance), nearest first.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
 use h3o::{CellIndex, Resolution};
+use hexcast_core::LatLng;
 use hexcast_core::cells::max_circumradius_m;
 use hexcast_core::taxonomy::validate_prefix;
-use hexcast_core::{LatLng, Topic};
 use hexcast_proto::v1 as pb;
-use hexcast_proto::v1::assets_server::Assets;
 use prost::Message as _;
-use rdkafka::producer::FutureRecord;
 use serde::Deserialize;
-use tonic::{Request, Response, Status};
-
-use crate::auth::{Role, role_of, tenant_of};
-use crate::error::PushError;
-use crate::service::{PushState, subscriber_id};
 
 /// Resolution of the asset buckets (cells of about 0.1 km²).
 const BUCKET_RES: Resolution = Resolution::Nine;
@@ -187,14 +180,15 @@ impl AssetIndex {
     }
 
     /// Applies a record of the assets topic (a tombstone removes).
-    pub fn apply(&self, key: &str, payload: Option<&[u8]>) {
+    pub fn apply(&self, key: &str, payload: Option<&[u8]>) -> Result<(), String> {
         match payload.map(pb::Asset::decode) {
             None => {
                 self.remove(key);
             }
             Some(Ok(asset)) => self.upsert(key, asset),
-            Some(Err(error)) => tracing::warn!(%error, key, "undecodable asset record skipped"),
+            Some(Err(error)) => return Err(format!("undecodable asset record: {error}")),
         }
+        Ok(())
     }
 
     /// The assets within `radius_m` of `center` whose kind is in `kinds` (all when empty)
@@ -268,125 +262,6 @@ pub fn enrich(index: &AssetIndex, rules: &[EnrichRule], alert: &hexcast_core::Al
     index.nearby(center, rule.radius_m, &rule.kinds, |v| v == pb::AssetVisibility::Public, rule.max)
 }
 
-/// The Assets service.
-#[derive(Debug, Clone)]
-pub struct AssetsService {
-    /// Shared push state (producer, runtime).
-    pub state: Arc<PushState>,
-    /// The asset index.
-    pub index: Arc<AssetIndex>,
-    /// Limits.
-    pub cfg: AssetsConfig,
-}
-
-/// Validates an asset from the API and fills the server-set fields.
-pub fn validated_asset(owner: &str, api: Option<pb::Asset>, now_ms: i64) -> Result<pb::Asset, PushError> {
-    let mut a = api.ok_or_else(|| PushError::invalid("asset", "is required"))?;
-    a.asset_id = subscriber_id("asset.asset_id", &a.asset_id)?;
-    if !valid_kind(&a.kind) {
-        return Err(PushError::invalid("asset.kind", "must be 1..=32 characters of a-z, 0-9, '_' (e.g. aed, camera)"));
-    }
-    let loc = a.location.as_ref().ok_or_else(|| PushError::invalid("asset.location", "is required"))?;
-    LatLng::try_from(loc).map_err(|e| PushError::invalid("asset.location", e))?;
-    if a.access_notes.chars().count() > 500 {
-        return Err(PushError::invalid("asset.access_notes", "at most 500 characters"));
-    }
-    match pb::AssetVisibility::try_from(a.visibility) {
-        Ok(pb::AssetVisibility::Unspecified) | Err(_) => {
-            return Err(PushError::invalid("asset.visibility", "must be public, agency or owner_consent"));
-        }
-        Ok(_) => {}
-    }
-    a.owner = owner.to_owned();
-    a.updated_at_ms = now_ms;
-    Ok(a)
-}
-
-impl AssetsService {
-    async fn write(&self, key: &str, payload: Option<Vec<u8>>) -> Result<(), PushError> {
-        let topic = self.state.rt.names.name(Topic::Assets);
-        let mut rec: FutureRecord<'_, str, Vec<u8>> = FutureRecord::to(topic).key(key);
-        if let Some(p) = &payload {
-            rec = rec.payload(p);
-        }
-        let f = self.state.producer.send_result(rec).map_err(|(e, _)| PushError::Unavailable(e.to_string()))?;
-        match f.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(PushError::Unavailable(e.to_string())),
-            Err(_) => Err(PushError::Unavailable("producer dropped".into())),
-        }
-    }
-
-    async fn put(&self, req: Request<pb::AssetRequest>, must_exist: bool) -> Result<Response<pb::Asset>, Status> {
-        let owner = tenant_of(&req)?;
-        let now = (self.state.rt.clock)().0;
-        let asset = validated_asset(&owner, req.into_inner().asset, now)?;
-        let key = asset_key(&owner, &asset.asset_id);
-        match (self.index.get(&key).is_some(), must_exist) {
-            (true, false) => return Err(PushError::AlreadyExists(format!("asset `{}`", asset.asset_id)).into()),
-            (false, true) => return Err(PushError::NotFound(format!("asset `{}`", asset.asset_id)).into()),
-            _ => {}
-        }
-        self.write(&key, Some(asset.encode_to_vec())).await?;
-        self.index.upsert(&key, asset.clone());
-        Ok(Response::new(asset))
-    }
-}
-
-#[tonic::async_trait]
-impl Assets for AssetsService {
-    async fn register(&self, req: Request<pb::AssetRequest>) -> Result<Response<pb::Asset>, Status> {
-        self.put(req, false).await
-    }
-
-    async fn update(&self, req: Request<pb::AssetRequest>) -> Result<Response<pb::Asset>, Status> {
-        self.put(req, true).await
-    }
-
-    async fn delete(&self, req: Request<pb::DeleteAssetRequest>) -> Result<Response<pb::DeleteAssetResponse>, Status> {
-        let owner = tenant_of(&req)?;
-        let id = subscriber_id("asset_id", &req.into_inner().asset_id)?;
-        let key = asset_key(&owner, &id);
-        let existed = self.index.get(&key).is_some();
-        self.write(&key, None).await?;
-        self.index.remove(&key);
-        Ok(Response::new(pb::DeleteAssetResponse { existed }))
-    }
-
-    async fn nearby_lookup(
-        &self,
-        req: Request<pb::NearbyLookupRequest>,
-    ) -> Result<Response<pb::NearbyLookupResponse>, Status> {
-        tenant_of(&req)?;
-        let role = role_of(&req);
-        let r = req.into_inner();
-        let point = r.point.as_ref().ok_or_else(|| PushError::invalid("point", "is required"))?;
-        let center = LatLng::try_from(point).map_err(|e| PushError::invalid("point", e))?;
-        if !(r.radius_m > 0.0 && r.radius_m <= self.cfg.max_lookup_radius_m) {
-            return Err(PushError::invalid(
-                "radius_m",
-                format!("must be in (0, {}] meters", self.cfg.max_lookup_radius_m),
-            )
-            .into());
-        }
-        if let Some((i, _)) = r.kinds.iter().enumerate().find(|(_, k)| !valid_kind(k)) {
-            return Err(PushError::invalid(format!("kinds[{i}]"), "not a kind").into());
-        }
-        let limit = match r.limit {
-            0 => self.cfg.max_results,
-            n => (n as usize).min(self.cfg.max_results),
-        };
-        // Agencies see public and agency assets, everyone else public ones; owner-consent
-        // assets are never listed (the index drops them before this filter).
-        let visible = move |v: pb::AssetVisibility| match role {
-            Role::Agency => matches!(v, pb::AssetVisibility::Public | pb::AssetVisibility::Agency),
-            Role::Backend => v == pb::AssetVisibility::Public,
-        };
-        let assets = self.index.nearby(center, r.radius_m, &r.kinds, visible, limit);
-        Ok(Response::new(pb::NearbyLookupResponse { assets }))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,23 +309,12 @@ mod tests {
     }
 
     #[test]
-    fn config_errors_name_the_key_and_assets_are_validated_by_field() {
+    fn config_errors_name_the_key() {
         let mut cfg = AssetsConfig::default();
         assert!(cfg.validate().is_ok());
         cfg.enrich[0].category = "medical.nope".into();
         assert!(
             cfg.validate().err().map(|e| e.to_string()).unwrap_or_default().contains("push.assets.enrich[0].category")
         );
-        let field = |a: pb::Asset| match validated_asset("o", Some(a), 0) {
-            Err(PushError::Invalid { field, .. }) => field,
-            other => format!("{other:?}"),
-        };
-        let ok =
-            asset("x", "aed", LatLng::new(40.0, -75.0).unwrap_or_else(|_| unreachable!()), pb::AssetVisibility::Public);
-        assert_eq!(field(pb::Asset { kind: "AED!".into(), ..ok.clone() }), "asset.kind");
-        assert_eq!(field(pb::Asset { asset_id: "a/b".into(), ..ok.clone() }), "asset.asset_id");
-        assert_eq!(field(pb::Asset { location: None, ..ok.clone() }), "asset.location");
-        assert_eq!(field(pb::Asset { visibility: 0, ..ok.clone() }), "asset.visibility");
-        assert_eq!(validated_asset("o", Some(ok), 5).map(|a| (a.owner, a.updated_at_ms)).ok(), Some(("o".into(), 5)));
     }
 }

@@ -5,17 +5,15 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use hexcast_core::header;
+use hexcast_core::{OutRecord, Topic};
 use hexcast_proto::v1 as pb;
 use hexcast_proto::v1::review_server::Review;
-use prost::Message as _;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use hexcast_review::queue::{PendingMap, VERDICT_SCHEMA, verdict_key};
+use hexcast_runtime::{Clock, Writer};
 use tonic::{Request, Response, Status};
 
-use crate::queue::{PendingMap, VERDICT_SCHEMA, verdict_key};
+use crate::auth::tenant_of;
 
 /// Most entries ListPending returns.
 const MAX_LIST: usize = 1_000;
@@ -26,22 +24,22 @@ const MAX_REASON: usize = 1_000;
 #[derive(Clone)]
 pub struct ReviewService {
     pending: PendingMap,
-    producer: FutureProducer,
-    topic: String,
+    writer: Writer,
+    clock: Clock,
     /// Verdicts sent and not yet applied, so a second one is refused.
     sent: Arc<Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for ReviewService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReviewService").field("topic", &self.topic).finish()
+        f.debug_struct("ReviewService").finish_non_exhaustive()
     }
 }
 
 impl ReviewService {
-    /// A service over the queue's pending holds, producing verdicts to `topic`.
-    pub fn new(pending: PendingMap, producer: FutureProducer, topic: String) -> Self {
-        Self { pending, producer, topic, sent: Arc::default() }
+    /// A service over the queue's pending holds, writing verdicts to the `review` topic.
+    pub fn new(pending: PendingMap, writer: Writer, clock: Clock) -> Self {
+        Self { pending, writer, clock, sent: Arc::default() }
     }
 
     async fn decide(
@@ -49,7 +47,7 @@ impl ReviewService {
         req: Request<pb::ReviewDecisionRequest>,
         approve: bool,
     ) -> Result<Response<pb::ReviewDecisionResponse>, Status> {
-        let reviewer = hexcast_push::auth::tenant_of(&req)?;
+        let reviewer = tenant_of(&req)?;
         let r = req.into_inner();
         if r.incident_id.is_empty() {
             return Err(Status::invalid_argument("incident_id: required"));
@@ -69,9 +67,7 @@ impl ReviewService {
                 _ => return Ok(Response::new(pb::ReviewDecisionResponse { recorded: false })),
             }
         };
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let now_ms = (self.clock)().0;
         let verdict = pb::ReviewVerdict {
             incident_id: r.incident_id.clone(),
             approve,
@@ -79,14 +75,9 @@ impl ReviewService {
             reason: r.reason,
             decided_at_ms: now_ms,
         };
-        let payload = verdict.encode_to_vec();
-        let key = verdict_key(&r.incident_id);
-        let rec = FutureRecord::to(&self.topic)
-            .key(&key)
-            .payload(&payload)
-            .partition(partition)
-            .headers(OwnedHeaders::new().insert(Header { key: header::SCHEMA, value: Some(VERDICT_SCHEMA) }));
-        if let Err((e, _)) = self.producer.send(rec, Duration::from_secs(30)).await {
+        let record = OutRecord::proto(Topic::Review, verdict_key(&r.incident_id), &verdict, VERDICT_SCHEMA)
+            .on_partition(partition);
+        if let Err(e) = self.writer.write([record]).await {
             self.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&r.incident_id);
             tracing::warn!(error = %e, "review verdict not recorded");
             return Err(Status::unavailable("verdict not recorded, retry"));
@@ -102,7 +93,7 @@ impl Review for ReviewService {
         &self,
         req: Request<pb::ListPendingRequest>,
     ) -> Result<Response<pb::ListPendingResponse>, Status> {
-        hexcast_push::auth::tenant_of(&req)?;
+        tenant_of(&req)?;
         let limit = match req.into_inner().limit as usize {
             0 => MAX_LIST,
             n => n.min(MAX_LIST),

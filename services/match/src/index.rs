@@ -435,6 +435,22 @@ impl SubscriberIndex {
         inner.subs[id as usize].as_ref().map(|s| inner.shard_sets[s.shard_set as usize].to_vec())
     }
 
+    /// Applies one record of the subscriptions topic: a stored subscription under `key`,
+    /// or a tombstone (`None`) that removes it.
+    pub fn apply(&self, key: &str, value: Option<&[u8]>) -> Result<(), String> {
+        use prost::Message as _;
+        match value {
+            None => {
+                self.remove(key);
+            }
+            Some(bytes) => {
+                let stored = hexcast_proto::v1::Subscription::decode(bytes).map_err(|e| e.to_string())?;
+                self.upsert(Subscription::try_from(stored).map_err(|e| e.to_string())?);
+            }
+        }
+        Ok(())
+    }
+
     /// Inserts or replaces a subscription. The home shard is computed from the places; the
     /// stored `shards` (computed by the push service with [`shards_of`]) are trusted when
     /// present and valid for this shard map, and recomputed otherwise.

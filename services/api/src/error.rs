@@ -1,4 +1,4 @@
-//! The push service's errors and their one mapping to gRPC statuses. Internal details
+//! The gateway's errors and their one mapping to gRPC statuses. Internal details
 //! (broker errors, topic names) are logged, never sent to a client.
 
 use tonic::Status;
@@ -42,5 +42,17 @@ impl From<PushError> for Status {
                 Status::unavailable("storage unavailable, retry later")
             }
         }
+    }
+}
+
+impl From<hexcast_runtime::WriteError> for PushError {
+    fn from(e: hexcast_runtime::WriteError) -> Self {
+        PushError::Unavailable(e.to_string())
+    }
+}
+
+impl From<hexcast_runtime::ReadError> for PushError {
+    fn from(e: hexcast_runtime::ReadError) -> Self {
+        PushError::Unavailable(e.to_string())
     }
 }

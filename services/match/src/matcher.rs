@@ -1,4 +1,4 @@
-//! The match step of the push service, as a stage on the shared runner: one indexed alert
+//! The matcher stage, on the shared runner: one indexed alert
 //! in, NotificationBatch records out (one alert, many subscriber ids, per tenant), written
 //! to the notifications topic in the same transaction that consumes the alert. A backend
 //! therefore only ever sees notifications that exist durably.

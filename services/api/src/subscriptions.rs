@@ -1,0 +1,179 @@
+//! The Subscriptions service: upsert, delete, get and bulk upsert of a tenant's
+//! subscribers. Areas become H3 cells here, before anything is stored: a subscriber's raw
+//! coordinates never reach Kafka. A tenant only ever reads and writes its own subscribers.
+
+use std::sync::Arc;
+
+use futures::StreamExt as _;
+use hexcast_core::cells::{GeoConfig, ShardMap, cover};
+use hexcast_core::taxonomy::validate_prefix;
+use hexcast_core::{Area, OutRecord, Place, Severity, Subscription, SubscriptionFilter, Timestamp, Topic};
+use hexcast_proto::v1 as pb;
+use hexcast_proto::v1::subscriptions_server::Subscriptions;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::tenant_of;
+use crate::error::PushError;
+use crate::state::ApiState;
+
+/// Longest accepted subscriber id.
+pub const MAX_SUBSCRIBER_ID_LEN: usize = 128;
+
+/// The records that store `sub` (one per shard) and the tombstones of the shards it left.
+fn records(state: &ApiState, sub: &Subscription) -> Vec<OutRecord> {
+    let key = sub.key();
+    let stored = pb::Subscription::from(sub);
+    let old_shards: Vec<u32> = state.index.shards(&key).unwrap_or_default();
+    let mut out = Vec::with_capacity(sub.shards.len());
+    for &shard in &sub.shards {
+        out.push(
+            OutRecord::proto(Topic::Subscriptions, key.as_str(), &stored, "hexcast.v1.Subscription")
+                .on_partition(shard as i32),
+        );
+    }
+    for shard in old_shards.into_iter().filter(|s| !sub.shards.contains(s)) {
+        out.push(OutRecord::tombstone(Topic::Subscriptions, key.as_str()).on_partition(shard as i32));
+    }
+    out
+}
+
+/// A valid subscriber id (trimmed), or INVALID_ARGUMENT naming `field`. The same rule for
+/// writes and reads: `/` separates tenant and subscriber in stored keys, so it can never
+/// appear in an id (no id can reach into another tenant's key space).
+pub fn subscriber_id(field: &str, raw: &str) -> Result<String, PushError> {
+    let id = raw.trim();
+    if id.is_empty() || id.len() > MAX_SUBSCRIBER_ID_LEN || id.contains('/') {
+        return Err(PushError::invalid(field, format!("must be 1..={MAX_SUBSCRIBER_ID_LEN} characters without '/'")));
+    }
+    Ok(id.to_owned())
+}
+
+/// Turns an API subscription into the stored form: a point or circle becomes a disc around
+/// its center's cell at `geo.precision`, a polygon its cells at `geo.polygon_precision`.
+/// The raw geometry is dropped here and never reaches Kafka.
+pub fn stored_subscription(
+    geo: &GeoConfig,
+    shard_map: &ShardMap,
+    max_cells: usize,
+    tenant: &str,
+    api: pb::Subscription,
+    now: Timestamp,
+) -> Result<Subscription, PushError> {
+    let id = subscriber_id("subscription.subscriber_id", &api.subscriber_id)?;
+    if api.areas.is_empty() {
+        return Err(PushError::invalid("subscription.areas", "at least one area is required"));
+    }
+    let mut places = Vec::with_capacity(api.areas.len());
+    let mut budget = max_cells;
+    for (i, a) in api.areas.iter().enumerate() {
+        let field = || format!("subscription.areas[{i}]");
+        let area = Area::try_from(a).map_err(|e| PushError::invalid(field(), e))?;
+        // Raw coordinates stop here: a center becomes its cell, a polygon its cells.
+        places.push(match area {
+            Area::Point(p) => Place::Disc { cell: p.cell(geo.precision), radius_m: 0.0 },
+            Area::Circle { center, radius_m } => {
+                Place::Disc { cell: center.cell(geo.precision), radius_m: radius_m as f32 }
+            }
+            Area::CellDisc { cell, radius_m } => Place::Disc { cell, radius_m: radius_m as f32 },
+            Area::Polygon(_) | Area::MultiPolygon(_) | Area::Cells(_) => {
+                let cells = cover(&area, geo.polygon_precision, budget).map_err(|e| PushError::invalid(field(), e))?;
+                budget = budget.saturating_sub(cells.len());
+                Place::Cells(cells)
+            }
+        });
+    }
+    let filter = api.filter.unwrap_or_default();
+    for (i, p) in filter.categories.iter().enumerate() {
+        validate_prefix(p).map_err(|e| PushError::invalid(format!("subscription.filter.categories[{i}]"), e))?;
+    }
+    let min_severity = Severity::try_from(filter.min_severity)
+        .map_err(|_| PushError::invalid("subscription.filter.min_severity", "unknown severity"))?;
+    let (_, shards) = hexcast_match::index::shards_of(&places, shard_map);
+    Ok(Subscription {
+        tenant: tenant.to_owned(),
+        subscriber_id: id,
+        shards,
+        places,
+        filter: SubscriptionFilter { categories: filter.categories, min_severity, attributes: filter.attributes },
+        updated_at: now,
+    })
+}
+
+/// The Subscriptions service.
+#[derive(Debug, Clone)]
+pub struct SubscriptionsService(pub Arc<ApiState>);
+
+#[tonic::async_trait]
+impl Subscriptions for SubscriptionsService {
+    async fn upsert(&self, req: Request<pb::UpsertRequest>) -> Result<Response<pb::UpsertResponse>, Status> {
+        let tenant = tenant_of(&req)?;
+        let api = req.into_inner().subscription.ok_or_else(|| PushError::invalid("subscription", "is required"))?;
+        let sub = self.0.to_stored(&tenant, api, self.0.now())?;
+        self.0.write(records(&self.0, &sub)).await?;
+        Ok(Response::new(pb::UpsertResponse { subscription: Some((&sub).into()) }))
+    }
+
+    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let tenant = tenant_of(&req)?;
+        let id = subscriber_id("subscriber_id", &req.into_inner().subscriber_id)?;
+        let key = hexcast_core::model::subscription_key(&tenant, &id);
+        let existing = self.0.index.shards(&key);
+        let shards: Vec<u32> = match &existing {
+            Some(s) => s.clone(),
+            // Not (yet) in the index: tombstone every shard so a write still in flight dies too.
+            None => (0..self.0.shards.shards).collect(),
+        };
+        let tombstones = shards
+            .into_iter()
+            .map(|shard| OutRecord::tombstone(Topic::Subscriptions, key.as_str()).on_partition(shard as i32));
+        self.0.write(tombstones).await?;
+        Ok(Response::new(pb::DeleteResponse { existed: existing.is_some() }))
+    }
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::Subscription>, Status> {
+        let tenant = tenant_of(&req)?;
+        let id = subscriber_id("subscriber_id", &req.into_inner().subscriber_id)?;
+        let key = hexcast_core::model::subscription_key(&tenant, &id);
+        let sub = self.0.index.get(&key).ok_or_else(|| PushError::NotFound(format!("subscriber `{id}`")))?;
+        Ok(Response::new((&sub).into()))
+    }
+
+    async fn bulk_upsert(
+        &self,
+        req: Request<Streaming<pb::UpsertRequest>>,
+    ) -> Result<Response<pb::BulkUpsertResponse>, Status> {
+        let tenant = tenant_of(&req)?;
+        let mut stream = req.into_inner();
+        let mut pending = Vec::new();
+        let mut upserted = 0u64;
+        let mut n = 0usize;
+        while let Some(msg) = stream.next().await {
+            let msg = msg?;
+            let api = msg
+                .subscription
+                .ok_or_else(|| PushError::invalid(format!("message[{n}].subscription"), "is required"))?;
+            let sub = self.0.to_stored(&tenant, api, self.0.now()).map_err(|e| match e {
+                PushError::Invalid { field, message } => {
+                    PushError::Invalid { field: format!("message[{n}].{field}"), message }
+                }
+                other => other,
+            })?;
+            pending.extend(records(&self.0, &sub));
+            n += 1;
+            upserted += 1;
+            // Bound what is in flight: settle deliveries in chunks.
+            if pending.len() >= 50_000 {
+                self.0.write(std::mem::take(&mut pending)).await?;
+            }
+        }
+        self.0.write(pending).await?;
+        Ok(Response::new(pb::BulkUpsertResponse { upserted }))
+    }
+}
+
+impl ApiState {
+    /// Turns an API subscription into the stored form (see [`stored_subscription`]).
+    pub fn to_stored(&self, tenant: &str, api: pb::Subscription, now: Timestamp) -> Result<Subscription, PushError> {
+        stored_subscription(&self.geo, &self.shards, self.max_cells_per_subscription, tenant, api, now)
+    }
+}
