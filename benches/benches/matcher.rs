@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hexcast::bench::{NaiveIndex, cities, population};
+use hexcast_bench::population::{NaiveIndex, cities, population};
 use hexcast_core::cells::{GeoConfig, ShardMap};
 use hexcast_core::exact::PreparedArea;
 use hexcast_core::{Alert, Area, Category};

@@ -19,8 +19,6 @@ use hexcast_proto::v1::push_client::PushClient;
 use hexcast_proto::v1::subscriptions_client::SubscriptionsClient;
 use hexcast_runtime::{Delivery, EmbeddedBroker};
 use rand::Rng as _;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
@@ -198,9 +196,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         })
     };
 
-    let producer: FutureProducer =
-        rt.client_config().set("linger.ms", "1").create().context("creating the demo producer")?;
-    let raw_topic = rt.names.name(Topic::Raw).to_owned();
+    let producer = hexcast_runtime::Writer::new(&rt, "demo-producer")?;
     let mut published = 0u64;
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
     let begin = Instant::now();
@@ -220,13 +216,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "phones": ["555-0100"],
         })
         .to_string();
-        let key = published.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header { key: header::FORMAT, value: Some("cad-json") })
-            .insert(Header { key: header::SOURCE, value: Some("demo") })
-            .insert(Header { key: header::TRACE_ID, value: Some(&format!("demo-{published}")) });
-        let record = FutureRecord::to(&raw_topic).key(&key).payload(&body).headers(headers);
-        producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).context("publishing an incident")?;
+        let record = hexcast_core::OutRecord {
+            topic: Topic::Raw,
+            key: published.to_string().into_bytes(),
+            partition: None,
+            payload: Some(body.into_bytes()),
+            headers: vec![],
+        }
+        .with_header(header::FORMAT, "cad-json")
+        .with_header(header::SOURCE, "demo")
+        .with_header(header::TRACE_ID, format!("demo-{published}"));
+        producer.write([record]).await.context("publishing an incident")?;
         published += 1;
         if begin.elapsed() >= next_report {
             report(&tally, published, begin.elapsed()).await;

@@ -1,10 +1,6 @@
 //! The hexcast binary's library half: configuration, `--target` wiring and the demo, so
 //! that the end-to-end tests start exactly what the binary starts.
 
-pub mod bench;
-pub mod bench_load;
-pub mod bench_push;
-pub mod bench_report;
 pub mod config;
 pub mod demo;
 pub mod geojson;

@@ -47,26 +47,13 @@ enum Command {
     Cover(hexcast::offline::CoverArgs),
     /// Match subscriptions against alerts offline, with the service's index and rules.
     Match(hexcast::offline::MatchArgs),
-    /// Benchmarks.
+    /// Benchmarks: forwards its arguments to the `hexcast-bench` binary (built by
+    /// `cargo build -p hexcast-bench`; not part of the production image).
     Bench {
-        #[command(subcommand)]
-        command: BenchCommand,
+        /// `match`, `push`, `load` or `compare`, and their arguments (`hexcast-bench --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// The matcher on a realistic population, with baselines; prints JSON.
-    Match(hexcast::bench::MatchBenchArgs),
-    /// The push service on a real Kafka cluster over gRPC: stream, BulkUpsert and a
-    /// city-wide alert; prints JSON.
-    Push(hexcast::bench_push::PushBenchArgs),
-    /// The load bench for SREs: a population through the Subscriptions API, incidents
-    /// (synthetic or a replay) through the whole pipeline, latency histogram, throughput,
-    /// lag, RSS, the raw broker baseline; writes result.json and plots.
-    Load(Box<hexcast::bench_load::LoadBenchArgs>),
-    /// Compares two `bench load` result files; exits non-zero past the threshold.
-    Compare(hexcast::bench_load::CompareArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +127,17 @@ async fn run(config: Option<PathBuf>, target: &str, sets: &[String]) -> anyhow::
     result
 }
 
+/// Runs `hexcast-bench` (beside this executable, else on `PATH`) with `args`.
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("hexcast-bench")));
+    let program = beside.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("hexcast-bench"));
+    let status = std::process::Command::new(&program).args(args).status().map_err(|e| {
+        anyhow::anyhow!("running {}: {e} (build it with `cargo build --release -p hexcast-bench`)", program.display())
+    })?;
+    anyhow::ensure!(status.success(), "hexcast-bench exited with {status}");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -161,34 +159,7 @@ fn main() -> ExitCode {
             Command::Normalize(args) => hexcast::normalize::run(args),
             Command::Dedup(args) => hexcast::offline_stages::dedup_cmd(args),
             Command::Policy(args) => hexcast::offline_stages::policy_cmd(args),
-            Command::Bench { command: BenchCommand::Match(args) } => {
-                let result = hexcast::bench::run_match(&args)?;
-                #[allow(clippy::print_stdout)]
-                {
-                    println!("{result}");
-                }
-                Ok(())
-            }
-            Command::Bench { command: BenchCommand::Push(args) } => {
-                init_logs(LogFormat::Text, None, "warn");
-                let result = hexcast::bench_push::run(&args).await?;
-                #[allow(clippy::print_stdout)]
-                {
-                    println!("{result}");
-                }
-                Ok(())
-            }
-            Command::Bench { command: BenchCommand::Load(args) } => {
-                init_logs(LogFormat::Text, None, "warn,librdkafka=error,hexcast_runtime::changelog=error");
-                let regressed = hexcast::bench_load::run(&args).await?;
-                anyhow::ensure!(!regressed, "a figure regressed past the threshold");
-                Ok(())
-            }
-            Command::Bench { command: BenchCommand::Compare(args) } => {
-                let regressed = hexcast::bench_load::compare_cmd(&args)?;
-                anyhow::ensure!(!regressed, "a figure regressed past the threshold");
-                Ok(())
-            }
+            Command::Bench { args } => bench(&args),
             Command::Match(args) => hexcast::offline::match_cmd(args),
             Command::Demo(args) => {
                 init_logs(LogFormat::Text, None, "warn");

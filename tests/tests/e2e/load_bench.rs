@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hexcast::bench_load::{LoadBenchArgs, run};
+use hexcast_bench::load::{LoadBenchArgs, run};
 
 use crate::common;
 

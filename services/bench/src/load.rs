@@ -41,10 +41,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::bench_push::authed;
-use crate::bench_report::{self as report, Percentiles, Series};
-use crate::demo::parse_duration;
-use crate::{Config, Target};
+use crate::push::authed;
+use crate::report::{self as report, Percentiles, Series};
+use hexcast::demo::parse_duration;
+use hexcast::{Config, Target};
 
 /// Arguments of `hexcast bench load`.
 #[derive(Debug, Clone, clap::Args)]
@@ -304,8 +304,8 @@ impl LagReader {
 type Population = (Vec<pb::UpsertRequest>, Vec<(f64, f64)>);
 
 fn population(args: &LoadBenchArgs, cfg: &Config) -> anyhow::Result<Population> {
-    let cities = crate::bench::cities(&args.geofence)?;
-    let subs = crate::bench::population(&cities, args.subscribers, &cfg.geo, args.seed)?;
+    let cities = crate::population::cities(&args.geofence)?;
+    let subs = crate::population::population(&cities, args.subscribers, &cfg.geo, args.seed)?;
     let mut homes = Vec::with_capacity(subs.len());
     let mut reqs = Vec::with_capacity(subs.len());
     for s in subs {
@@ -511,17 +511,17 @@ pub async fn run(args: &LoadBenchArgs) -> anyhow::Result<bool> {
         cfg.topics.partitions = parts;
         cfg.topics.shards = parts;
         cfg.runner.linger_ms = 5;
-        crate::create_topics(&cfg).await?;
-        let rt = crate::runtime(&cfg);
+        hexcast::create_topics(&cfg).await?;
+        let rt = hexcast::runtime(&cfg);
         let token = format!("bench-{:032x}", rand::rng().random::<u128>());
         let tokens = Tokens::new([(TENANT.to_owned(), token.clone())]);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the bench gRPC port")?;
-        let running = crate::start(&cfg, &rt, &Target::ALL, Some(tokens), Some(listener), shutdown.clone()).await?;
+        let running = hexcast::start(&cfg, &rt, &Target::ALL, Some(tokens), Some(listener), shutdown.clone()).await?;
         let addr = running.push.as_ref().context("push target did not start")?.addr;
         let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
         (channel, token, Some(running))
     };
-    let rt = crate::runtime(&cfg);
+    let rt = hexcast::runtime(&cfg);
     let result = measure(args, &cfg, &rt, &run_id, &channel, &token, running.as_ref()).await;
     shutdown.cancel();
     if let Some(r) = running {
@@ -541,7 +541,7 @@ async fn measure(
     run_id: &str,
     channel: &Channel,
     token: &str,
-    running: Option<&crate::targets::Running>,
+    running: Option<&hexcast::targets::Running>,
 ) -> anyhow::Result<serde_json::Value> {
     let mode = if args.grpc.is_some() { "deployment" } else { "in-process" };
     eprintln!("hexcast bench load: {mode}, brokers {}, {} subscribers", args.brokers, args.subscribers);
@@ -804,7 +804,7 @@ async fn measure(
 }
 
 /// Per in-process stage: records consumed, dead-lettered and written per topic.
-fn stage_counts(running: &crate::targets::Running) -> serde_json::Value {
+fn stage_counts(running: &hexcast::targets::Running) -> serde_json::Value {
     let mut out = serde_json::Map::new();
     let all = running
         .stages

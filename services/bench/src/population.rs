@@ -73,7 +73,7 @@ pub fn cities(dir: &PathBuf) -> anyhow::Result<Vec<City>> {
     for path in paths {
         let text = std::fs::read_to_string(&path)?;
         let hoods: Vec<geo::Polygon<f64>> =
-            crate::geojson::parse(&text)?.into_iter().flat_map(|s| s.polygons).collect();
+            hexcast::geojson::parse(&text)?.into_iter().flat_map(|s| s.polygons).collect();
         let centers = hoods.iter().filter_map(ring_centroid).collect();
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         out.push(City { name, hoods, centers });

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
-use crate::{Config, Target};
+use hexcast::{Config, Target};
 
 /// Arguments of `hexcast bench push`.
 #[derive(Debug, Clone, clap::Args)]
@@ -81,14 +81,14 @@ pub async fn run(args: &PushBenchArgs) -> anyhow::Result<serde_json::Value> {
     cfg.topics.partitions = NonZeroU32::new(6).unwrap_or(NonZeroU32::MIN);
     cfg.topics.shards = NonZeroU32::new(6).unwrap_or(NonZeroU32::MIN);
     cfg.runner.linger_ms = 5;
-    crate::create_topics(&cfg).await?;
-    let rt = crate::runtime(&cfg);
+    hexcast::create_topics(&cfg).await?;
+    let rt = hexcast::runtime(&cfg);
     let token = format!("bench-{:032x}", rand::rng().random::<u128>());
     let tokens = Tokens::new([(TENANT.to_owned(), token.clone())]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the bench gRPC port")?;
     let shutdown = CancellationToken::new();
     let running =
-        crate::start(&cfg, &rt, &[Target::Spatial, Target::Push], Some(tokens), Some(listener), shutdown.clone())
+        hexcast::start(&cfg, &rt, &[Target::Spatial, Target::Push], Some(tokens), Some(listener), shutdown.clone())
             .await?;
     let push = running.push.as_ref().context("push target did not start")?;
     let channel = Channel::from_shared(format!("http://{}", push.addr))?.connect().await?;
