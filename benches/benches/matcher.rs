@@ -3,8 +3,6 @@
 //! one hash map of uncompacted resolution-9 cells), plus index upserts.
 //! `cargo bench -p hexcast-benches` (population size: HEXCAST_BENCH_SUBSCRIBERS, default 20000).
 
-use std::path::PathBuf;
-
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hexcast_bench::population::{NaiveIndex, cities, population};
 use hexcast_core::cells::{GeoConfig, ShardMap};
@@ -16,8 +14,8 @@ use hexcast_spatial::Spatial;
 
 fn bench_matcher(c: &mut Criterion) {
     let n: usize = std::env::var("HEXCAST_BENCH_SUBSCRIBERS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/geofence/click_that_hood"));
-    let cities = cities(&dir).expect("shared neighborhoods beside the repository");
+    let dir = hexcast_testdata::path("geofence/click_that_hood");
+    let cities = cities(&dir).expect("neighborhood polygons");
     let geo = GeoConfig::default();
     let shard_map = ShardMap { territory_res: geo.territory_resolution, shards: 6 };
     let subs = population(&cities, n, &geo, 7).expect("population");

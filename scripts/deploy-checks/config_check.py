@@ -2,8 +2,7 @@
 deploy/compose/hexcast.toml) and the environment overrides of the manifests against the
 reference config/hexcast.toml: hexcast refuses unknown keys at start
 (deny_unknown_fields), so a key the reference does not know would crash every pod. Keys
-commented out in the reference (`# listen = ...`) count as known. Also checks that the
-policy copied into k8s/base is the repository's config/policy.toml.
+commented out in the reference (`# listen = ...`) count as known.
 
 usage: config_check.py ROOT [RENDERED.yaml...]     exit 1 on any problem
 """
@@ -69,10 +68,6 @@ def main():
                         key = ".".join(s.lower() for s in name[len("HEXCAST__"):].split("__"))
                         if key not in known and not any(key.startswith(f + ".") for f in FREE_FORM):
                             problems.append(f"{path}: ConfigMap {d['metadata']['name']}: {name} -> `{key}` is not in config/hexcast.toml")
-    ref_policy = root / "config" / "policy.toml"
-    k8s_policy = root / "k8s" / "base" / "policy.toml"
-    if ref_policy.exists() and k8s_policy.read_bytes() != ref_policy.read_bytes():
-        problems.append("k8s/base/policy.toml differs from config/policy.toml: copy it (overlays customise the policy)")
     for p in problems:
         print(f"config: {p}", file=sys.stderr)
     return 1 if problems else 0

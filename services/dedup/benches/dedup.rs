@@ -4,8 +4,6 @@
 //! against the same stream with merging off as the baseline. All at one `now`, so the state
 //! grows to the whole export (9,224 reports; 18,448 with two sources).
 
-use std::path::Path;
-
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use hexcast_core::{Incident, Stage as _, StageCtx, Timestamp};
 use hexcast_dedup::{Dedup, DedupConfig};
@@ -14,8 +12,7 @@ use hexcast_ingest::{Ingest, RawIncident};
 const NOW: Timestamp = Timestamp(1_454_284_800_000);
 
 fn montco() -> Option<Vec<Incident>> {
-    let path =
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/cad/montco_pa_911_2015-12_2016-01.csv"));
+    let path = hexcast_testdata::try_path("cad/montco_pa_911_2015-12_2016-01.csv")?;
     let payload = std::fs::read(path).ok()?;
     let raw = RawIncident { format: "csv-montco".into(), source: None, payload };
     Some(Ingest::default().with_max_payload_bytes(usize::MAX).normalize(&raw, NOW).ok()?.incidents)
@@ -47,7 +44,7 @@ fn run(d: &mut Dedup, inputs: Vec<Incident>) -> usize {
 
 fn bench(c: &mut Criterion) {
     let Some(incidents) = montco() else {
-        eprintln!("skipping dedup benches: shared/data not found");
+        eprintln!("skipping dedup benches: public data not found (HEXCAST_DATA)");
         return;
     };
     let n = incidents.len() as u64;

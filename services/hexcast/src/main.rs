@@ -22,7 +22,8 @@ enum Command {
         /// Config file (TOML); environment `HEXCAST__SECTION__KEY` overrides it.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// `all` or a comma-separated list of ingest,dedup,policy,spatial,push.
+        /// `all` (ingest,dedup,policy,spatial,push) or a comma-separated list of those and
+        /// `review` (the editorial hold: its queue and the Review service, once per cluster).
         #[arg(long, short, default_value = "all")]
         target: String,
         /// Override one key: `--set kafka.brokers=host:9092` (repeatable; wins over env).
@@ -81,8 +82,11 @@ fn init_logs(format: LogFormat, filter: Option<&str>, default: &str) {
 }
 
 async fn run(config: Option<PathBuf>, target: &str, sets: &[String]) -> anyhow::Result<()> {
+    // Every key checked and every file read before anything happens: a wrong configuration
+    // creates no topic and opens no port.
     let cfg = Config::load(config.as_deref(), sets)?;
     let targets = hexcast::parse_targets(target)?;
+    let prepared = hexcast::targets::prepare(&cfg, &targets, None, None)?;
     init_logs(cfg.log.format, cfg.log.filter.as_deref(), "info");
     if let Some(listen) = cfg.metrics.listen {
         hexcast_runtime::telemetry::install_prometheus(listen)?;
@@ -99,7 +103,7 @@ async fn run(config: Option<PathBuf>, target: &str, sets: &[String]) -> anyhow::
         None => None,
     };
     let rt = hexcast::runtime(&cfg);
-    let running = hexcast::start(&cfg, &rt, &targets, None, None, shutdown.clone()).await?;
+    let running = hexcast::targets::start_prepared(&cfg, &rt, &targets, prepared, None, None, shutdown.clone()).await?;
     if let Some(h) = &health {
         h.set_service_status("", tonic_health::ServingStatus::Serving).await;
     }

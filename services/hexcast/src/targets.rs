@@ -556,9 +556,10 @@ mod tests {
     fn policy_regions_read_geojson_polygons_relative_to_the_policy_file() {
         let dir = std::env::temp_dir().join(format!("hexcast-policy-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let geojson =
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/geofence/click_that_hood/philadelphia.geojson");
-        std::fs::copy(geojson, dir.join("philadelphia.geojson")).expect("shared data beside the repository");
+        // A square of about 4 km around Philadelphia's City Hall.
+        let square = r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{"name":"center"},
+            "geometry":{"type":"Polygon","coordinates":[[[-75.19,39.93],[-75.14,39.93],[-75.14,39.97],[-75.19,39.97],[-75.19,39.93]]]}}]}"#;
+        std::fs::write(dir.join("philadelphia.geojson"), square).expect("write geojson");
         let path = dir.join("policy.toml");
         std::fs::write(
             &path,

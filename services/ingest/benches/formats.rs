@@ -1,8 +1,6 @@
 //! Records per second of each ingest format, on the real shared data (skipped, with a note,
 //! when shared/data is not beside the repository). Throughput is in records (CSV: rows).
 
-use std::path::Path;
-
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hexcast_core::Timestamp;
 use hexcast_ingest::{Ingest, RawIncident};
@@ -10,7 +8,7 @@ use hexcast_ingest::{Ingest, RawIncident};
 const NOW: Timestamp = Timestamp(1_767_225_600_000);
 
 fn load(rel: &str) -> Option<Vec<u8>> {
-    std::fs::read(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data")).join(rel)).ok()
+    std::fs::read(hexcast_testdata::try_path(rel)?).ok()
 }
 
 /// The real sample carries only a civic address; a GML point is added so the whole path runs.
@@ -34,7 +32,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("ingest");
     for (name, format, payload, records) in cases {
         let Some(payload) = payload else {
-            eprintln!("skipping {name}: shared/data not found");
+            eprintln!("skipping {name}: public data not found (HEXCAST_DATA)");
             continue;
         };
         group.throughput(Throughput::Elements(records));

@@ -4,8 +4,6 @@
 //! against the same policy with three H3-cell regions and a tenant override as the baseline
 //! for what overrides cost.
 
-use std::path::Path;
-
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hexcast_core::{EventKind, IncidentEvent, LatLng, Stage as _, StageCtx, Timestamp};
 use hexcast_ingest::{Ingest, RawIncident};
@@ -14,8 +12,7 @@ use hexcast_policy::{Policy, PolicyConfig};
 const NOW: Timestamp = Timestamp(1_454_284_800_000);
 
 fn montco() -> Option<Vec<IncidentEvent>> {
-    let path =
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/cad/montco_pa_911_2015-12_2016-01.csv"));
+    let path = hexcast_testdata::try_path("cad/montco_pa_911_2015-12_2016-01.csv")?;
     let payload = std::fs::read(path).ok()?;
     let raw = RawIncident { format: "csv-montco".into(), source: None, payload };
     let incidents = Ingest::default().with_max_payload_bytes(usize::MAX).normalize(&raw, NOW).ok()?.incidents;
@@ -40,7 +37,7 @@ fn with_overrides() -> PolicyConfig {
 
 fn bench(c: &mut Criterion) {
     let Some(events) = montco() else {
-        eprintln!("skipping policy benches: shared/data not found");
+        eprintln!("skipping policy benches: public data not found (HEXCAST_DATA)");
         return;
     };
     let mut group = c.benchmark_group("policy");

@@ -26,5 +26,5 @@ pub use reader::{PartitionReader, ReadError, ReadRecord, StartAt};
 pub use restore::restoring;
 pub use runner::{Clock, FaultInjection, Runtime, StageHandle, group_id, spawn_stage, system_clock, transactional_id};
 pub use telemetry::StageStats;
-pub use topics::{TopicNames, TopicSpec, ensure_topics, specs};
+pub use topics::{TopicNames, TopicSpec, ensure_topics, existing_topics, specs};
 pub use writer::{WriteError, Writer};

@@ -79,6 +79,18 @@ pub fn specs(names: &TopicNames, cfg: &TopicsConfig) -> Vec<TopicSpec> {
         .collect()
 }
 
+/// The names of the topics the cluster has (from its metadata).
+pub fn existing_topics(kafka: &KafkaConfig) -> anyhow::Result<Vec<String>> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &kafka.brokers);
+    for (k, v) in &kafka.client {
+        cfg.set(k, v);
+    }
+    let consumer: rdkafka::consumer::BaseConsumer = cfg.create().context("creating metadata client")?;
+    let md = consumer.fetch_metadata(None, Duration::from_secs(30)).context("reading cluster metadata")?;
+    Ok(md.topics().iter().map(|t| t.name().to_owned()).collect())
+}
+
 /// Creates missing topics on a real cluster; existing topics are left as they are.
 pub async fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec], replication: i32) -> anyhow::Result<()> {
     let mut cfg = ClientConfig::new();

@@ -10,8 +10,8 @@ use hexcast_bench::load::{LoadBenchArgs, run};
 
 use crate::common;
 
-const GEOFENCE: &str = "../../shared/data/geofence/click_that_hood";
-const MONTCO: &str = "../../shared/data/cad/montco_pa_911_2015-12_2016-01.csv";
+const GEOFENCE: &str = "geofence/click_that_hood";
+const MONTCO: &str = "cad/montco_pa_911_2015-12_2016-01.csv";
 
 fn args(out: &Path) -> LoadBenchArgs {
     LoadBenchArgs {
@@ -36,7 +36,7 @@ fn args(out: &Path) -> LoadBenchArgs {
         threshold: 0.2,
         seed: 11,
         partitions: 3,
-        geofence: PathBuf::from(GEOFENCE),
+        geofence: hexcast_testdata::path(GEOFENCE),
     }
 }
 
@@ -106,11 +106,11 @@ async fn synthetic_load_notifies_every_alerting_incident_and_writes_results() {
 async fn replay_of_the_montco_export_flows_through_the_pipeline() {
     let dir = out_dir("load-replay");
     let mut a = args(&dir);
-    a.replay = Some(PathBuf::from(MONTCO));
+    a.replay = Some(hexcast_testdata::path(MONTCO));
     a.subscribers = 500;
     run(&a).await.expect("bench load replay runs");
     let r = result(&dir);
-    assert_eq!(r["source"], MONTCO);
+    assert_eq!(r["source"], hexcast_testdata::path(MONTCO).display().to_string());
     let published = r["incidents"]["published"].as_u64().expect("published");
     assert!(published > 10, "{r}");
     // Every replayed row was consumed by ingest, and the rows became incidents (not

@@ -30,7 +30,7 @@ use tonic::transport::Channel;
 use crate::common;
 
 const TENANT: (&str, &str) = ("county", "county-token-0123456789");
-const MONTCO: &str = "../../shared/data/cad/montco_pa_911_2015-12_2016-01.csv";
+const MONTCO: &str = "cad/montco_pa_911_2015-12_2016-01.csv";
 /// Rows per raw record (a CSV payload with its header line).
 const ROWS_PER_RECORD: usize = 50;
 
@@ -61,7 +61,7 @@ impl Rng {
 /// The first `calls` data rows of the Montco export, as raw records of up to
 /// `ROWS_PER_RECORD` rows each (header repeated), and the calls' locations.
 fn montco(calls: usize) -> (Vec<(String, Vec<u8>)>, Vec<LatLng>) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(MONTCO);
+    let path = hexcast_testdata::path(MONTCO);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let mut lines = text.lines();
     let head = lines.next().expect("header line");
@@ -210,9 +210,10 @@ async fn backend_dropping_at_random_receives_every_pair_once_100k_subscribers_re
     cfg.topics.shards = NonZeroU32::new(4).expect("nonzero");
     // The calls are from December 2015: a policy whose age window reaches back to them.
     let policy = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("resume-policy.toml");
-    let seed_policy =
-        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policy.toml"))
-            .expect("seed policy");
+    let seed_policy = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../services/policy/seed-policy.toml"),
+    )
+    .expect("seed policy");
     std::fs::write(&policy, seed_policy.replace("max_age_secs = 3600", "max_age_secs = 315360000")).expect("policy");
     cfg.policy.file = Some(policy);
     hexcast::create_topics(&cfg).await.expect("create topics");

@@ -1,6 +1,7 @@
 //! The binary's command-line contract: bad configuration fails at start, naming the key.
 
 mod montco;
+mod shared_data;
 
 use std::process::Command;
 
@@ -116,4 +117,41 @@ fn push_with_a_certificate_but_no_key_fails_naming_the_key() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("push.tls_key_file"), "{stderr}");
+}
+
+/// A missing required key (and an unknown one) stops `run` before any side effect: on a real
+/// broker, no topic of the run's prefix exists afterwards, while `topics create` with the
+/// same configuration does create them (so the check below can see topics).
+#[test]
+fn run_with_a_missing_or_unknown_key_creates_no_topic() {
+    let brokers = std::env::var("HEXCAST_TEST_BROKERS")
+        .unwrap_or_else(|_| panic!("HEXCAST_TEST_BROKERS is not set: run scripts/test.sh, which starts Apache Kafka"));
+    let prefix = format!("it-nokey-{}-", std::process::id());
+    let base = format!("[kafka]\nbrokers = \"{brokers}\"\ntopic_prefix = \"{prefix}\"\n[topics]\ncreate = true\n");
+    let kafka = hexcast_runtime::KafkaConfig::new(&brokers);
+    let ours = || -> Vec<String> {
+        hexcast_runtime::existing_topics(&kafka)
+            .expect("cluster metadata")
+            .into_iter()
+            .filter(|t| t.starts_with(&prefix))
+            .collect()
+    };
+    for (name, extra, key) in [
+        ("missing", String::new(), "push.tokens_file"),
+        ("unknown", "[push]\ntokens_fiel = \"x\"\n".to_owned(), "tokens_fiel"),
+    ] {
+        let path = temp_config(name, &format!("{base}{extra}"));
+        let out =
+            hexcast().args(["run", "--config"]).arg(&path).args(["--target", "ingest,push"]).output().expect("run");
+        let _ = std::fs::remove_file(&path);
+        assert!(!out.status.success(), "{name}: run must fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(key), "{name}: {stderr}");
+        assert_eq!(ours(), Vec::<String>::new(), "{name}: a topic was created before the key was checked");
+    }
+    let path = temp_config("create", &base);
+    let out = hexcast().args(["topics", "create", "--config"]).arg(&path).output().expect("topics create");
+    let _ = std::fs::remove_file(&path);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(ours().len() >= 10, "topics create made {:?}", ours());
 }

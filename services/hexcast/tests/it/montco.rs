@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use hexcast_policy::PolicyConfig;
 
-const EXPORT: &str = "../../../shared/data/cad/montco_pa_911_2015-12_2016-01.csv";
+const EXPORT: &str = "cad/montco_pa_911_2015-12_2016-01.csv";
 
 fn manifest(rel: &str) -> String {
     format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"))
@@ -76,8 +76,8 @@ fn house_number(address: &str) -> Option<String> {
 
 #[test]
 fn montco_replay_alerts_only_allowed_categories_and_leak_no_address_phone_or_house_number() {
-    let export = manifest(EXPORT);
-    let policy_file = manifest("../../config/policy.toml");
+    let export = hexcast_testdata::path(EXPORT).display().to_string();
+    let policy_file = manifest("../policy/seed-policy.toml");
     let (normalized, _) =
         stage(&["normalize", "--format", "csv", "--mapping", "montco", "--now", "2016-02-01T00:00:00Z", &export], b"");
     let (events, dedup_summary) = stage(&["dedup"], normalized.as_bytes());
@@ -159,7 +159,7 @@ fn phone_pattern_scanner_finds_phones_and_ignores_blocks_zips_and_times() {
 
 #[test]
 fn offline_stages_report_bad_lines_and_bad_arguments_without_losing_good_ones() {
-    let policy_file = manifest("../../config/policy.toml");
+    let policy_file = manifest("../policy/seed-policy.toml");
     let incident = r#"{"id":"pd:1","source":"pd","sourceId":"1","version":"1","category":"crime.robbery","status":"INCIDENT_STATUS_ACTIVE","occurredAtMs":"1700000000000","updatedAtMs":"1700000060000","location":{"lat":40.1,"lng":-75.3},"communityThreat":true,"sensitive":{"address":"1234 MAIN ST, NORRISTOWN, 19401","names":["Jane Roe"],"phones":["215-555-0199"]}}"#;
     let input = format!("{incident}\nnot json\n{incident}\n");
     let (events, summary) = stage(&["dedup"], input.as_bytes());

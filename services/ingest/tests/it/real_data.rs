@@ -10,7 +10,7 @@ use hexcast_ingest::{Ingest, Normalized, RawIncident};
 const NOW: Timestamp = Timestamp(1_767_225_600_000);
 
 fn data(rel: &str) -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data")).join(rel)
+    hexcast_testdata::path(rel)
 }
 
 fn normalize(format: &str, path: &Path) -> Result<Normalized, String> {
