@@ -19,10 +19,6 @@ use crate::cursor::Cursor;
 use crate::error::PushError;
 use crate::state::{ApiState, SHUTTING_DOWN, next_record};
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 /// Splits `ids` into consecutive batches of at most `max_ids` ids and about `max_bytes`
 /// encoded bytes (an id alone is never split). Returns index ranges, so a cursor can name
 /// where the next batch starts.
@@ -123,7 +119,7 @@ impl Push for PushService {
                 }
                 // From the record's commit to Kafka to its hand-off to the client's stream.
                 if let Some(ts) = msg.timestamp_ms {
-                    let secs = (now_ms() - ts).max(0) as f64 / 1000.0;
+                    let secs = (hexcast_runtime::clock::now().0 - ts).max(0) as f64 / 1000.0;
                     metrics::histogram!("hexcast_push_delivery_seconds").record(secs);
                 }
                 metrics::counter!("hexcast_push_delivered_ids_total").increment(ids.len() as u64);

@@ -155,7 +155,7 @@ const STAGES: [(&str, Topic); 5] = [
 ];
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    hexcast_runtime::clock::now().0
 }
 
 fn round6(x: f64) -> f64 {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hexcast_api::Tokens;
-use hexcast_core::{Alert, Area, Category, LatLng, Timestamp, Topic};
+use hexcast_core::{Alert, Area, Category, LatLng, Topic};
 use hexcast_proto::v1 as pb;
 use hexcast_proto::v1::push_client::PushClient;
 use hexcast_proto::v1::subscriptions_client::SubscriptionsClient;
@@ -232,9 +232,7 @@ fn round(x: f64) -> f64 {
 
 fn bench_alert(id: &str, center: LatLng, radius_m: f64) -> anyhow::Result<Alert> {
     let mut alert = Alert::synthetic(id, Category::parse("fire.structure")?, Area::circle(center, radius_m)?);
-    let now = Timestamp(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
-    );
+    let now = hexcast_runtime::clock::now();
     alert.occurred_at = now;
     alert.issued_at = now;
     Ok(alert)

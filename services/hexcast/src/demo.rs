@@ -88,7 +88,7 @@ fn random_point(rng: &mut impl rand::Rng) -> (f64, f64) {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    hexcast_runtime::clock::now().0
 }
 
 struct Tally {

@@ -61,10 +61,7 @@ struct Totals {
 }
 
 fn system_now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Timestamp(ms)
+    hexcast_runtime::clock::now()
 }
 
 /// The stage and the `hexcast-format` value for the arguments.

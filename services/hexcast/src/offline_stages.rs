@@ -43,10 +43,7 @@ pub struct PolicyArgs {
 }
 
 fn system_now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Timestamp(ms)
+    hexcast_runtime::clock::now()
 }
 
 /// Reads JSON lines from stdin, decoding each with `decode`; a bad line is reported on

@@ -8,6 +8,7 @@
 
 pub mod broker;
 pub mod changelog;
+pub mod clock;
 pub mod config;
 pub mod follower;
 pub mod reader;

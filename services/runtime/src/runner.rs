@@ -31,23 +31,10 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::clock::{Clock, system_clock};
 use crate::config::{Delivery, KafkaConfig, RunnerConfig};
 use crate::telemetry::{self, StageStats};
 use crate::topics::TopicNames;
-
-/// Where "now" comes from: the system clock in production, a fixed clock in tests.
-pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
-
-/// The system clock.
-pub fn system_clock() -> Clock {
-    Arc::new(|| {
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        Timestamp(ms)
-    })
-}
 
 /// What every stage runner shares.
 #[derive(Clone)]

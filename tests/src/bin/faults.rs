@@ -503,9 +503,7 @@ async fn main() -> anyhow::Result<()> {
     }
     eprintln!("faults: {} subscribers loaded and indexed ({:.1}s)", subs.len(), started.elapsed().as_secs_f64());
 
-    let now = Timestamp(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
-    );
+    let now = hexcast_runtime::clock::now();
     let n = ((args.duration as f64) * args.rate).round().max(1.0) as usize;
     let raws = incidents(&mut rng, n, now.0);
     let expected = expected(&subs, &raws, now)?;
