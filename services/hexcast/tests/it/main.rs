@@ -1,5 +1,6 @@
 //! The binary's command-line contract: bad configuration fails at start, naming the key.
 
+mod config_doc;
 mod montco;
 mod shared_data;
 
