@@ -14,8 +14,8 @@ pub mod time;
 
 pub use geo::{Area, GeoError, LatLng};
 pub use model::{
-    Alert, DecodeModelError, EventKind, HeldAlert, Incident, IncidentEvent, IndexedAlert, NotificationBatch, Place,
-    PolicyDecision, Sensitive, Subscription, SubscriptionFilter,
+    Alert, DecodeModelError, EventKind, HeldAlert, Incident, IncidentEvent, IndexedAlert, LocalizedText,
+    NotificationBatch, Place, PolicyDecision, Sensitive, Subscription, SubscriptionFilter,
 };
 pub use record::{DecodeError, FromRecord, InRecord, IntoRecord, OutRecord, Topic, header};
 pub use stage::{ReasonCode, Stage, StageCtx};

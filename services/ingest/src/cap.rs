@@ -1,15 +1,21 @@
 //! `cap-xml`: OASIS Common Alerting Protocol 1.0, 1.1 and 1.2, bare or inside an Atom,
 //! RSS or EDXL-DE envelope (every `<alert>` anywhere in the document is read). One incident
-//! per `<info>` block, except that `<info>` blocks repeating an earlier one in another
-//! language (same category and areas) are folded into it. CAP writes coordinates as
+//! per `<info>` block, except that an `<info>` block in another language for the same areas
+//! is a translation: it is folded into the earlier one, whose incident keeps every
+//! language's text (`Sensitive::texts`). An `<area>` with only `<geocode>`s takes its area
+//! from the geocode table (`ingest.geocodes_file`). CAP writes coordinates as
 //! `lat,lon` and circle radii in kilometres; this module must never hand `geo` a lat/lon
 //! swapped polygon or a radius in the wrong unit, and must never fetch a linked alert
 //! (index feeds that only link to alerts are rejected as `no_incident`).
 
 use chrono::DateTime;
+use std::collections::BTreeSet;
+
 use hexcast_core::{
-    Area, Category, Certainty, Incident, IncidentStatus, LatLng, Sensitive, Severity, Timestamp, Urgency,
+    Area, Category, Certainty, Incident, IncidentStatus, LatLng, LocalizedText, Sensitive, Severity, Timestamp, Urgency,
 };
+
+use crate::geocodes::Geocodes;
 
 use crate::xml::{self, Element};
 use crate::{IngestError, Normalized, RowError, check_time};
@@ -168,9 +174,11 @@ struct Geometry {
     descriptions: Vec<String>,
 }
 
-fn geometry(info: &Element) -> Geometry {
+fn geometry(info: &Element, geocodes: &Geocodes) -> Geometry {
     let mut g = Geometry::default();
+    let mut features = BTreeSet::new();
     for area in info.children_named("area") {
+        let drawn = g.areas.len() + usize::from(g.point.is_some());
         if let Some(d) = area.child_text("areaDesc") {
             g.descriptions.push(d.to_owned());
         }
@@ -200,8 +208,44 @@ fn geometry(info: &Element) -> Geometry {
                 }
             }
         }
+        // Codes only where the area draws nothing itself: a drawn shape is more precise.
+        if g.areas.len() + usize::from(g.point.is_some()) == drawn {
+            for code in area.children_named("geocode") {
+                let (Some(name), Some(value)) = (code.child_text("valueName"), code.child_text("value")) else {
+                    continue;
+                };
+                // SAME and UGC codes of one place name the same feature: it is added once.
+                if let Some(f) = geocodes.lookup(name, value) {
+                    features.insert(f);
+                }
+            }
+        }
     }
+    g.areas.extend(features.into_iter().filter_map(|f| geocodes.area(f).cloned()));
     g
+}
+
+/// Whether two blocks cover the same place (areas in any order).
+fn same_place(a: &Incident, areas: &[Area], point: Option<LatLng>) -> bool {
+    a.location == point
+        && a.areas.len() == areas.len()
+        && a.areas.iter().all(|x| areas.contains(x))
+        && areas.iter().all(|x| a.areas.contains(x))
+}
+
+/// A category more specific than `other` or `<family>.other`.
+fn specific(c: Category) -> bool {
+    c != Category::UNKNOWN && !c.as_str().ends_with(".other")
+}
+
+fn text_of(info: &Element, language: &str) -> LocalizedText {
+    let t = |k| info.child_text(k).unwrap_or_default().to_owned();
+    LocalizedText {
+        language: language.to_owned(),
+        headline: t("headline"),
+        description: t("description"),
+        instruction: t("instruction"),
+    }
 }
 
 /// The identifier of the last message a CAP `references` list names
@@ -224,7 +268,12 @@ fn alerts(roots: &[Element]) -> Vec<&Element> {
 }
 
 /// Parses a CAP document (or envelope) into incidents.
-pub(crate) fn parse(payload: &[u8], source: Option<&str>, now: Timestamp) -> Result<Normalized, IngestError> {
+pub(crate) fn parse(
+    payload: &[u8],
+    source: Option<&str>,
+    now: Timestamp,
+    geocodes: &Geocodes,
+) -> Result<Normalized, IngestError> {
     let roots = xml::parse(payload)?;
     let found = alerts(&roots);
     if found.is_empty() {
@@ -234,11 +283,11 @@ pub(crate) fn parse(payload: &[u8], source: Option<&str>, now: Timestamp) -> Res
     let mut first_error = None;
     for alert in found {
         n.rows += 1;
-        match parse_alert(alert, source, now) {
+        match parse_alert(alert, source, now, geocodes) {
             Ok(incidents) => n.incidents.extend(incidents),
             Err(error) => {
                 first_error.get_or_insert_with(|| error.clone());
-                n.row_errors.push(RowError { row: n.rows, error });
+                n.row_errors.push(RowError { row: n.rows, error, raw: Vec::new() });
             }
         }
     }
@@ -249,7 +298,12 @@ pub(crate) fn parse(payload: &[u8], source: Option<&str>, now: Timestamp) -> Res
     }
 }
 
-fn parse_alert(alert: &Element, source: Option<&str>, now: Timestamp) -> Result<Vec<Incident>, IngestError> {
+fn parse_alert(
+    alert: &Element,
+    source: Option<&str>,
+    now: Timestamp,
+    geocodes: &Geocodes,
+) -> Result<Vec<Incident>, IngestError> {
     let identifier = alert.child_text("identifier").ok_or(IngestError::MissingField("identifier"))?;
     let sender = alert.child_text("sender").ok_or(IngestError::MissingField("sender"))?;
     let sent = time("sent", alert.child_text("sent").ok_or(IngestError::MissingField("sent"))?)?;
@@ -272,17 +326,40 @@ fn parse_alert(alert: &Element, source: Option<&str>, now: Timestamp) -> Result<
     }
     let mut incidents: Vec<Incident> = Vec::new();
     let mut first_error = None;
+    // Blocks without geometry of their own: translations of a block that has one, if any.
+    let mut unplaced: Vec<(&Element, String)> = Vec::new();
     for info in infos {
+        // CAP's default language is en-US.
+        let language = info.child_text("language").unwrap_or("en-US").to_owned();
         let event = info.child_text("event").unwrap_or_default();
         let cap_categories: Vec<&str> = info.children_named("category").map(|c| c.text.trim()).collect();
         let category = category_for(&cap_categories, event, status_text);
-        let g = geometry(info);
+        let g = geometry(info, geocodes);
         if g.areas.is_empty() && g.point.is_none() {
-            first_error.get_or_insert(g.error.unwrap_or(IngestError::NoLocation));
+            match g.error {
+                Some(e) => {
+                    first_error.get_or_insert(e);
+                }
+                None => unplaced.push((info, language)),
+            }
             continue;
         }
-        // A translation of an earlier block (same category, same geometry) adds nothing.
-        if incidents.iter().any(|i| i.category == category && i.areas == g.areas && i.location == g.point) {
+        // The same place in a language not yet seen there is a translation: one incident,
+        // each language's text kept. Event names translate differently ("Wind warning" is
+        // weather.storm, "Avertissement de vents" only weather.other), so the category is
+        // the most specific one among the languages, not a condition for folding.
+        let twin = incidents.iter_mut().find(|i| {
+            same_place(i, &g.areas, g.point)
+                && (!i.sensitive.texts.iter().any(|t| t.language.eq_ignore_ascii_case(&language))
+                    || i.category == category)
+        });
+        if let Some(i) = twin {
+            if !i.sensitive.texts.iter().any(|t| t.language.eq_ignore_ascii_case(&language)) {
+                i.sensitive.texts.push(text_of(info, &language));
+            }
+            if !specific(i.category) && specific(category) {
+                i.category = category;
+            }
             continue;
         }
         let occurred = match info.child_text("onset").or_else(|| info.child_text("effective")) {
@@ -320,6 +397,7 @@ fn parse_alert(alert: &Element, source: Option<&str>, now: Timestamp) -> Result<
                 names,
                 address: g.descriptions.join("; "),
                 free_text: text.join("\n"),
+                texts: vec![text_of(info, &language)],
                 ..Sensitive::default()
             },
             references: references.clone(),
@@ -327,6 +405,17 @@ fn parse_alert(alert: &Element, source: Option<&str>, now: Timestamp) -> Result<
             community_threat: true,
             published_at: None,
         });
+    }
+    for (info, language) in unplaced {
+        let home = incidents
+            .iter_mut()
+            .find(|i| !i.sensitive.texts.iter().any(|t| t.language.eq_ignore_ascii_case(&language)));
+        match home {
+            Some(i) => i.sensitive.texts.push(text_of(info, &language)),
+            None => {
+                first_error.get_or_insert(IngestError::NoLocation);
+            }
+        }
     }
     if incidents.is_empty() {
         return Err(first_error.unwrap_or(IngestError::NoLocation));
@@ -353,7 +442,7 @@ mod tests {
     }
 
     fn run(doc: &str) -> Result<Normalized, String> {
-        parse(doc.as_bytes(), None, NOW).map_err(|e| e.reason_code().to_owned())
+        parse(doc.as_bytes(), None, NOW, &Geocodes::default()).map_err(|e| e.reason_code().to_owned())
     }
 
     #[test]

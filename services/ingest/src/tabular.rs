@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, NaiveDateTime, TimeZone};
-use hexcast_core::{Certainty, Incident, IncidentStatus, LatLng, Sensitive, Severity, Timestamp, Urgency};
+use hexcast_core::{Category, Certainty, Incident, IncidentStatus, LatLng, Sensitive, Severity, Timestamp, Urgency};
 use serde_json::Value;
 
 use crate::mapping::{Mapping, MappingKind, Order, Pick, TimeFormat, TimeSpec, table_key};
@@ -20,30 +20,76 @@ fn cell(cells: &Cells, i: usize) -> Option<&str> {
     cells.get(i).and_then(|c| c.as_deref()).map(str::trim).filter(|s| !s.is_empty())
 }
 
-fn csv_rows(m: &Mapping, payload: &[u8]) -> Result<Vec<Result<Cells, IngestError>>, IngestError> {
+/// One record of the payload: its cells (or why it could not be split into them) and its
+/// own bytes, for the dead letter of a bad row.
+pub(crate) struct RawRow {
+    cells: Result<Cells, IngestError>,
+    raw: Vec<u8>,
+}
+
+fn csv_rows(m: &Mapping, payload: &[u8]) -> Result<Vec<RawRow>, IngestError> {
     let text = match std::str::from_utf8(payload) {
         Ok(s) => std::borrow::Cow::Borrowed(s),
         // Open-data exports written by spreadsheet tools are often Windows-1252.
         Err(_) => encoding_rs::WINDOWS_1252.decode_without_bom_handling(payload).0,
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let mut reader = csv::ReaderBuilder::new().delimiter(m.delimiter).flexible(false).from_reader(text.as_bytes());
-    let header = reader.headers().map_err(|e| IngestError::MalformedCsv(e.to_string()))?.clone();
+    // Rows are length-checked here, one by one, so that a ragged row is one bad row.
+    let mut reader =
+        csv::ReaderBuilder::new().delimiter(m.delimiter).has_headers(false).flexible(true).from_reader(text.as_bytes());
+    let mut record = csv::StringRecord::new();
+    let malformed = |e: csv::Error| IngestError::MalformedCsv(e.to_string());
+    let mut header_end = 0;
+    let mut header: Vec<String> = Vec::new();
+    if m.has_header {
+        if !reader.read_record(&mut record).map_err(malformed)? {
+            return Err(IngestError::MalformedCsv("no header line".to_owned()));
+        }
+        header_end = usize::try_from(reader.position().byte()).unwrap_or(usize::MAX);
+        header = record.iter().map(|h| h.trim().to_owned()).collect();
+    }
+    let names: &[String] = m.columns.as_deref().unwrap_or(&header);
+    if m.has_header && m.columns.is_some() && header.len() != names.len() {
+        return Err(IngestError::MalformedCsv(format!(
+            "header has {} columns, the mapping's `columns` {}",
+            header.len(),
+            names.len()
+        )));
+    }
+    let width = names.len();
     let mut index = Vec::with_capacity(m.keys.len());
     for k in &m.keys {
-        let i = header
+        let i = names
             .iter()
-            .position(|h| h.trim() == k)
+            .position(|h| h == k)
             .ok_or_else(|| IngestError::MalformedCsv(format!("no column `{k}` in header")))?;
         index.push(i);
     }
+    // A bad row's dead letter is the header line and that row: a CSV payload of its own.
+    let header_raw = text.get(..header_end).unwrap_or_default();
     let mut rows = Vec::new();
-    for record in reader.records() {
-        rows.push(
-            record
-                .map(|r| index.iter().map(|&i| r.get(i).map(str::to_owned)).collect())
-                .map_err(|e| IngestError::MalformedCsv(e.to_string())),
-        );
+    loop {
+        let start = usize::try_from(reader.position().byte()).unwrap_or(usize::MAX);
+        let read = reader.read_record(&mut record);
+        let end = usize::try_from(reader.position().byte()).unwrap_or(usize::MAX);
+        let raw = || [header_raw.as_bytes(), text.get(start..end).unwrap_or_default().as_bytes()].concat();
+        match read {
+            Ok(false) => break,
+            Ok(true) if record.len() != width => rows.push(RawRow {
+                cells: Err(IngestError::MalformedCsv(format!("row has {} fields, expected {width}", record.len()))),
+                raw: raw(),
+            }),
+            Ok(true) => rows.push(RawRow {
+                cells: Ok(index.iter().map(|&i| record.get(i).map(str::to_owned)).collect()),
+                raw: raw(),
+            }),
+            Err(e) => {
+                rows.push(RawRow { cells: Err(malformed(e)), raw: raw() });
+                if end <= start {
+                    break;
+                }
+            }
+        }
     }
     Ok(rows)
 }
@@ -62,7 +108,7 @@ fn json_cell(v: &Value) -> Option<String> {
     }
 }
 
-fn json_rows(m: &Mapping, payload: &[u8]) -> Result<Vec<Result<Cells, IngestError>>, IngestError> {
+fn json_rows(m: &Mapping, payload: &[u8]) -> Result<Vec<RawRow>, IngestError> {
     let doc: Value = serde_json::from_slice(payload).map_err(|e| IngestError::MalformedJson(e.to_string()))?;
     let records = match &m.records {
         Some(p) => doc.pointer(p).ok_or(IngestError::MissingField("records"))?,
@@ -76,13 +122,45 @@ fn json_rows(m: &Mapping, payload: &[u8]) -> Result<Vec<Result<Cells, IngestErro
     Ok(items
         .iter()
         .map(|item| {
-            if item.is_object() {
+            let raw = serde_json::to_vec(item).unwrap_or_default();
+            let cells = if item.is_object() {
                 Ok(m.keys.iter().map(|k| item.pointer(k).and_then(json_cell)).collect())
             } else {
                 Err(IngestError::MalformedJson("record is not an object".to_owned()))
-            }
+            };
+            RawRow { cells, raw }
         })
         .collect())
+}
+
+fn local_millis(naive: NaiveDateTime, tz: chrono_tz::Tz) -> Option<i64> {
+    // In the autumn overlap the earlier instant is taken; a spring-gap time (which no clock
+    // showed) is read as the instant an hour later.
+    tz.from_local_datetime(&naive)
+        .earliest()
+        .or_else(|| tz.from_local_datetime(&(naive + chrono::Duration::hours(1))).earliest())
+        .map(|d| d.timestamp_millis())
+}
+
+/// `s` with its end-of-day time (`24:00`, `24:00:00`, `24:00:00.000`) written as `00:00...`,
+/// when it has one. The hour must stand alone (not the end of `124:00`) and every later
+/// field must be zero: `24:00:01` is not a time.
+pub(crate) fn end_of_day(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let at = s.match_indices("24:00").map(|(i, _)| i).find(|&i| {
+        if i > 0 && bytes[i - 1].is_ascii_digit() {
+            return false;
+        }
+        let mut rest = &s[i + 5..];
+        if let Some(r) = rest.strip_prefix(":00") {
+            rest = r;
+            if let Some(r) = rest.strip_prefix('.') {
+                rest = r.trim_start_matches('0');
+            }
+        }
+        !rest.starts_with(|c: char| c.is_ascii_digit() || c == ':')
+    })?;
+    Some(format!("{}00{}", &s[..at], &s[at + 2..]))
 }
 
 fn parse_one(f: &TimeFormat, s: &str, tz: chrono_tz::Tz) -> Option<i64> {
@@ -91,14 +169,21 @@ fn parse_one(f: &TimeFormat, s: &str, tz: chrono_tz::Tz) -> Option<i64> {
         TimeFormat::UnixMillis => s.parse::<i64>().ok(),
         TimeFormat::UnixSeconds => s.parse::<f64>().ok().filter(|x| x.is_finite()).map(|x| (x * 1000.0) as i64),
         TimeFormat::WithOffset(fmt) => DateTime::parse_from_str(s, fmt).ok().map(|d| d.timestamp_millis()),
+        TimeFormat::Local(fmt) => local_millis(NaiveDateTime::parse_from_str(s, fmt).ok()?, tz),
+    }
+}
+
+/// A `24:00` time as the next day's midnight: the day is added to the local date, so a DST
+/// change that day does not shift it.
+fn parse_end_of_day(f: &TimeFormat, s: &str, tz: chrono_tz::Tz) -> Option<i64> {
+    let midnight = end_of_day(s)?;
+    const DAY_MS: i64 = 86_400_000;
+    match f {
+        TimeFormat::UnixMillis | TimeFormat::UnixSeconds => None,
+        TimeFormat::Rfc3339 | TimeFormat::WithOffset(_) => parse_one(f, &midnight, tz).map(|t| t + DAY_MS),
         TimeFormat::Local(fmt) => {
-            let naive = NaiveDateTime::parse_from_str(s, fmt).ok()?;
-            // In the autumn overlap the earlier instant is taken; a spring-gap time (which no
-            // clock showed) is read as the instant an hour later.
-            tz.from_local_datetime(&naive)
-                .earliest()
-                .or_else(|| tz.from_local_datetime(&(naive + chrono::Duration::hours(1))).earliest())
-                .map(|d| d.timestamp_millis())
+            let naive = NaiveDateTime::parse_from_str(&midnight, fmt).ok()?;
+            local_millis(naive.checked_add_days(chrono::Days::new(1))?, tz)
         }
     }
 }
@@ -113,7 +198,12 @@ fn times(spec: &TimeSpec, cells: &Cells) -> Vec<i64> {
             None => vec![text],
         };
         for piece in pieces {
-            if let Some(t) = spec.formats.iter().find_map(|f| parse_one(f, piece, spec.tz)) {
+            let found = spec.formats.iter().find_map(|f| parse_one(f, piece, spec.tz)).or_else(|| {
+                spec.accept_24_00
+                    .then(|| spec.formats.iter().find_map(|f| parse_end_of_day(f, piece, spec.tz)))
+                    .flatten()
+            });
+            if let Some(t) = found {
                 out.push(t);
                 break;
             }
@@ -178,9 +268,12 @@ fn joined(cells: &Cells, cols: &[usize], sep: &str) -> String {
 struct Row {
     key: String,
     call_type: String,
-    location: LatLng,
+    /// `None` only for a closing record.
+    location: Option<LatLng>,
     occurred: i64,
     updated: i64,
+    /// Whether the row carried a time (a closing record may not).
+    timed: bool,
     status: IncidentStatus,
     severity: Severity,
     unit: Option<String>,
@@ -188,35 +281,81 @@ struct Row {
     free_text: String,
     names: Vec<String>,
     phones: Vec<String>,
+    closing: bool,
+}
+
+/// The incident's id at the source: the id columns, or (when they are all blank and the
+/// mapping names `fallback_hash` columns) a hash of those.
+fn source_id(m: &Mapping, cells: &Cells) -> Result<String, IngestError> {
+    let parts: Vec<&str> = m.id.iter().map(|&c| cell(cells, c).unwrap_or("")).collect();
+    if parts.iter().any(|p| !p.is_empty()) {
+        let id = parts.join("|");
+        return Ok(if m.id_hash { format!("{:016x}", fnv1a(&id)) } else { id });
+    }
+    let parts: Vec<&str> = m.id_fallback.iter().map(|&c| cell(cells, c).unwrap_or("")).collect();
+    if parts.iter().any(|p| !p.is_empty()) {
+        // The unit separator cannot occur in a trimmed cell boundary by accident the way `|`
+        // can, so ("a|b", "c") and ("a", "b|c") hash differently.
+        return Ok(format!("h{:016x}", fnv1a(&parts.join("\u{1f}"))));
+    }
+    Err(IngestError::MissingField("id"))
+}
+
+/// Whether the record closes its incident rather than describing it (`[closing]`).
+fn is_closing(m: &Mapping, cells: &Cells) -> bool {
+    let Some(c) = &m.closing else { return false };
+    if let Some(col) = c.column
+        && cell(cells, col).is_some_and(|v| c.values.contains(&table_key(v)))
+    {
+        return true;
+    }
+    c.id_only
+        && (0..m.keys.len())
+            .filter(|k| !m.id.contains(k) && m.group_by != Some(*k) && c.column != Some(*k))
+            .all(|k| cell(cells, k).is_none())
 }
 
 fn row(m: &Mapping, cells: &Cells, now: Timestamp) -> Result<Row, IngestError> {
-    let id_parts: Vec<&str> = m.id.iter().map(|&c| cell(cells, c).unwrap_or("")).collect();
-    if id_parts.iter().all(|p| p.is_empty()) {
-        return Err(IngestError::MissingField("id"));
-    }
-    let id = id_parts.join("|");
-    let source_id = if m.id_hash { format!("{:016x}", fnv1a(&id)) } else { id };
+    let source_id = source_id(m, cells)?;
     let key = match m.group_by {
         Some(g) => cell(cells, g).ok_or(IngestError::MissingField("group_by"))?.to_owned(),
         None => source_id,
     };
-    let call_type = cell(cells, m.call_type).ok_or(IngestError::MissingField("call_type"))?.to_owned();
-    let location = location(m, cells)?;
-    let occurred = pick(&m.occurred_at, &times(&m.occurred_at, cells)).ok_or_else(|| IngestError::InvalidTime {
-        field: "occurred_at",
-        detail: "no column holds a time in a listed format".to_owned(),
-    })?;
-    let occurred = check_time("occurred_at", Timestamp(occurred), now)?.0;
+    let closing = is_closing(m, cells);
+    let call_type = match cell(cells, m.call_type) {
+        Some(c) => c.to_owned(),
+        None if closing => String::new(),
+        None => return Err(IngestError::MissingField("call_type")),
+    };
+    // A closing record needs nothing but its id: what it has is still checked.
+    let location = match location(m, cells) {
+        Ok(p) => Some(p),
+        Err(IngestError::NoLocation) if closing => None,
+        Err(e) => return Err(e),
+    };
+    let found = pick(&m.occurred_at, &times(&m.occurred_at, cells));
+    let (occurred, timed) = match found {
+        Some(t) => (check_time("occurred_at", Timestamp(t), now)?.0, true),
+        None if closing => (now.0, false),
+        None => {
+            return Err(IngestError::InvalidTime {
+                field: "occurred_at",
+                detail: "no column holds a time in a listed format".to_owned(),
+            });
+        }
+    };
     let updated = match &m.updated_at {
         Some(spec) => pick(spec, &times(spec, cells)).unwrap_or(occurred).max(occurred),
         None => occurred,
     };
-    let status = m
-        .status
-        .and_then(|c| cell(cells, c))
-        .and_then(|s| m.status_map.get(&table_key(s)).copied())
-        .unwrap_or(m.default_status);
+    let status = if closing {
+        IncidentStatus::Closed
+    } else {
+        m.status
+            .and_then(|c| cell(cells, c))
+            .and_then(|s| m.status_map.get(&table_key(s)).copied())
+            .unwrap_or(m.default_status)
+    };
     let severity = m
         .severity
         .and_then(|c| cell(cells, c))
@@ -229,6 +368,7 @@ fn row(m: &Mapping, cells: &Cells, now: Timestamp) -> Result<Row, IngestError> {
         location,
         occurred,
         updated,
+        timed,
         status,
         severity,
         unit: m.unit.and_then(|c| cell(cells, c)).map(str::to_owned),
@@ -236,6 +376,7 @@ fn row(m: &Mapping, cells: &Cells, now: Timestamp) -> Result<Row, IngestError> {
         free_text: joined(cells, &m.free_text, " | "),
         names: list(&m.names),
         phones: list(&m.phones),
+        closing,
     })
 }
 
@@ -245,9 +386,12 @@ fn units_of(cell: Option<&str>) -> impl Iterator<Item = String> + '_ {
 }
 
 struct Group {
+    /// The first describing row (a closing row only while no describing row has come).
     first: Row,
     occurred: i64,
     updated: i64,
+    timed: bool,
+    closed: bool,
     units: BTreeSet<String>,
 }
 
@@ -265,48 +409,65 @@ pub(crate) fn parse(
     let mut n = Normalized { rows: rows.len(), ..Normalized::default() };
     let mut groups: Vec<Group> = Vec::new();
     let mut by_key: HashMap<String, usize> = HashMap::new();
-    for (i, r) in rows.into_iter().enumerate() {
-        let parsed = r.and_then(|cells| row(m, &cells, now));
-        let r = match parsed {
+    for (i, RawRow { cells, raw }) in rows.into_iter().enumerate() {
+        let r = match cells.and_then(|cells| row(m, &cells, now)) {
             Ok(r) => r,
             Err(error) => {
-                n.row_errors.push(RowError { row: i + 1, error });
+                n.row_errors.push(RowError { row: i + 1, error, raw });
                 continue;
             }
         };
         match by_key.get(&r.key) {
             Some(&g) => {
                 let g = &mut groups[g];
-                g.occurred = g.occurred.min(r.occurred);
-                g.updated = g.updated.max(r.updated);
+                g.closed |= r.closing;
+                if r.timed {
+                    g.occurred = if g.timed { g.occurred.min(r.occurred) } else { r.occurred };
+                    g.updated = if g.timed { g.updated.max(r.updated) } else { r.updated };
+                    g.timed = true;
+                }
                 g.units.extend(units_of(r.unit.as_deref()));
+                if g.first.closing && !r.closing {
+                    g.first = r;
+                }
             }
             None => {
                 by_key.insert(r.key.clone(), groups.len());
                 let units = units_of(r.unit.as_deref()).collect();
-                groups.push(Group { occurred: r.occurred, updated: r.updated, units, first: r });
+                groups.push(Group {
+                    occurred: r.occurred,
+                    updated: r.updated,
+                    timed: r.timed,
+                    closed: r.closing,
+                    units,
+                    first: r,
+                });
             }
         }
     }
     let source = source.unwrap_or(&m.source);
     for g in groups {
         let r = g.first;
-        let category = m.category(&r.call_type);
+        // A closing record names no call type: dedup gives the close the category it
+        // remembers.
+        let category = if r.call_type.is_empty() { Category::UNKNOWN } else { m.category(&r.call_type) };
         n.incidents.push(Incident {
             id: Incident::make_id(source, &r.key),
             source: source.to_owned(),
             source_id: r.key,
-            version: g.updated,
+            // An untimed close has no version of its own: 0 never counts as newer, so a
+            // removal event re-sent on every poll closes the incident once.
+            version: if g.timed { g.updated } else { 0 },
             category,
             raw_type: r.call_type,
             severity: r.severity,
             urgency: Urgency::Unspecified,
             certainty: Certainty::Unspecified,
-            status: r.status,
+            status: if g.closed { IncidentStatus::Closed } else { r.status },
             occurred_at: Timestamp(g.occurred),
             updated_at: Timestamp(g.updated),
             expires_at: None,
-            location: Some(r.location),
+            location: r.location,
             areas: Vec::new(),
             sensitive: Sensitive {
                 names: r.names,
@@ -315,6 +476,7 @@ pub(crate) fn parse(
                 unit_count: u32::try_from(g.units.len()).unwrap_or(u32::MAX),
                 address: r.address,
                 free_text: r.free_text,
+                texts: Vec::new(),
             },
             references: None,
             // A medical call concerns one household; everything else may concern neighbours.
