@@ -310,9 +310,7 @@ fn is_closing(m: &Mapping, cells: &Cells) -> bool {
         return true;
     }
     c.id_only
-        && (0..m.keys.len())
-            .filter(|k| !m.id.contains(k) && m.group_by != Some(*k) && c.column != Some(*k))
-            .all(|k| cell(cells, k).is_none())
+        && (0..m.keys.len()).filter(|k| !m.id.contains(k) && m.group_by != Some(*k)).all(|k| cell(cells, k).is_none())
 }
 
 fn row(m: &Mapping, cells: &Cells, now: Timestamp) -> Result<Row, IngestError> {
@@ -493,6 +491,7 @@ pub(crate) fn parse(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mapping::TimeFormat;
     use hexcast_core::ReasonCode;
 
     const NOW: Timestamp = Timestamp(1_800_000_000_000);
@@ -530,5 +529,195 @@ mod tests {
         let csv = "no,type,y,x,when\n1,Robbery,41.88,-87.63,03/08/2020 02:30\n";
         let n = parse(&mini(), csv.as_bytes(), None, NOW).expect("gap");
         assert_eq!(n.incidents[0].occurred_at, Timestamp(1_583_656_200_000));
+    }
+
+    fn with(extra_top: &str, replace: &[(&str, &str)]) -> Mapping {
+        let mut text = crate::mapping::tests::MINIMAL.to_owned();
+        for (a, b) in replace {
+            assert!(text.contains(a), "{a}");
+            text = text.replace(a, b);
+        }
+        text = text.replacen("[fields]", &format!("{extra_top}\n[fields]"), 1);
+        Mapping::parse(&text, "m.toml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn headerless_csv_is_read_with_the_mappings_columns() {
+        let m = with("columns = [\"no\", \"type\", \"y\", \"x\", \"when\"]\nhas_header = false", &[]);
+        let csv = "1,Robbery,41.88,-87.63,03/08/2020 01:30\n2,Robbery,41.89,-87.62,03/08/2020 01:40\n";
+        let n = parse(&m, csv.as_bytes(), None, NOW).expect("two rows");
+        assert_eq!((n.rows, n.incidents.len()), (2, 2), "{:?}", n.row_errors);
+        assert_eq!(n.incidents[0].id, "mini-pd:1");
+        // `columns` alone implies no header: the first line is data.
+        let m = with("columns = [\"no\", \"type\", \"y\", \"x\", \"when\"]", &[]);
+        assert_eq!(parse(&m, csv.as_bytes(), None, NOW).expect("rows").incidents.len(), 2);
+        // A header present but named differently: skipped, the mapping's names are used.
+        let m = with("columns = [\"no\", \"type\", \"y\", \"x\", \"when\"]\nhas_header = true", &[]);
+        let with_header = format!("ID,NATURE,LAT,LON,TIME\n{csv}");
+        assert_eq!(parse(&m, with_header.as_bytes(), None, NOW).expect("rows").incidents.len(), 2);
+        let narrow = "ID,NATURE\n1,Robbery\n";
+        assert_eq!(parse(&m, narrow.as_bytes(), None, NOW).expect_err("width").reason_code(), "malformed_csv");
+        // A short row is one bad row, not a bad payload.
+        let m = with("columns = [\"no\", \"type\", \"y\", \"x\", \"when\"]", &[]);
+        let n = parse(&m, format!("{csv}3,Robbery\n").as_bytes(), None, NOW).expect("rows");
+        assert_eq!((n.incidents.len(), n.row_errors[0].row), (2, 3));
+        assert_eq!(n.row_errors[0].error.reason_code(), "malformed_csv");
+    }
+
+    #[test]
+    fn column_declarations_are_checked_at_start() {
+        let base = crate::mapping::tests::MINIMAL;
+        let cases = [
+            (base.replacen("[fields]", "has_header = false\n[fields]", 1), "has_header"),
+            (base.replacen("[fields]", "columns = [\"no\", \"type\", \"y\", \"x\"]\n[fields]", 1), "`when`"),
+            (base.replacen("[fields]", "columns = [\"no\", \"no\"]\n[fields]", 1), "listed twice"),
+            (
+                base.replace("kind = \"csv\"", "kind = \"json\"").replacen(
+                    "[fields]",
+                    "columns = [\"a\"]\n[fields]",
+                    1,
+                ),
+                "columns",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = Mapping::parse(&text, "m.toml").expect_err(want).to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
+    #[test]
+    fn end_of_day_24_00_is_the_next_midnight() {
+        // 2020-03-07 24:00 in Chicago is 2020-03-08 00:00 CST, before that night's DST change.
+        let csv = "no,type,y,x,when\n1,Robbery,41.88,-87.63,03/07/2020 24:00\n";
+        let n = parse(&mini(), csv.as_bytes(), None, NOW).expect("24:00");
+        assert_eq!(n.incidents[0].occurred_at, Timestamp(1_583_647_200_000));
+        // The day is added to the local date: 24:00 on the day DST ends is still midnight.
+        let csv = "no,type,y,x,when\n1,Robbery,41.88,-87.63,10/31/2020 24:00\n";
+        let n = parse(&mini(), csv.as_bytes(), None, NOW).expect("24:00");
+        assert_eq!(n.incidents[0].occurred_at, Timestamp(1_604_206_800_000));
+        // Only 24:00 with zero minutes and seconds.
+        for bad in ["03/07/2020 24:30", "03/07/2020 25:00"] {
+            let csv = format!("no,type,y,x,when\n1,Robbery,41.88,-87.63,{bad}\n");
+            let e = parse(&mini(), csv.as_bytes(), None, NOW).expect_err(bad);
+            assert_eq!(e.reason_code(), "invalid_time", "{bad}");
+        }
+        // A mapping can refuse it.
+        let strict =
+            with("", &[("formats = [\"%m/%d/%Y %H:%M\"]", "formats = [\"%m/%d/%Y %H:%M\"]\naccept_24_00 = false")]);
+        let csv = "no,type,y,x,when\n1,Robbery,41.88,-87.63,03/07/2020 24:00\n";
+        assert_eq!(parse(&strict, csv.as_bytes(), None, NOW).expect_err("strict").reason_code(), "invalid_time");
+    }
+
+    #[test]
+    fn end_of_day_finds_only_a_standalone_zero_24() {
+        assert_eq!(end_of_day("2020-01-01 24:00:00").as_deref(), Some("2020-01-01 00:00:00"));
+        assert_eq!(end_of_day("2020-01-01T24:00:00.000-05:00").as_deref(), Some("2020-01-01T00:00:00.000-05:00"));
+        assert_eq!(end_of_day("1/2/2020 24:00").as_deref(), Some("1/2/2020 00:00"));
+        for none in
+            ["2020-01-01 124:00", "2020-01-01 24:00:01", "2020-01-01 24:001", "2020-01-01 23:59:59", "24:00:00.5"]
+        {
+            assert_eq!(end_of_day(none), None, "{none}");
+        }
+        let spec = |f: &str| TimeFormat::WithOffset(f.to_owned());
+        assert_eq!(
+            parse_end_of_day(&spec("%Y-%m-%d %H:%M:%S%z"), "2020-01-01 24:00:00+0000", chrono_tz::UTC),
+            Some(1_577_923_200_000)
+        );
+        assert_eq!(
+            parse_end_of_day(&TimeFormat::Rfc3339, "2020-01-01T24:00:00Z", chrono_tz::UTC),
+            Some(1_577_923_200_000)
+        );
+    }
+
+    #[test]
+    fn blank_ids_fall_back_to_a_stable_hash_of_declared_fields() {
+        let m = with(
+            "",
+            &[(
+                "id = { columns = [\"no\"] }",
+                "id = { columns = [\"no\"], fallback_hash = [\"when\", \"y\", \"x\", \"type\"] }",
+            )],
+        );
+        let a = "no,type,y,x,when\n,Robbery,41.88,-87.63,03/08/2020 01:30\n7,Robbery,41.88,-87.63,03/08/2020 01:30\n";
+        let b = "no,type,y,x,when\n9,Robbery,41.8,-87.6,03/08/2020 01:00\n,Robbery,41.88,-87.63,03/08/2020 01:30\n";
+        let na = parse(&m, a.as_bytes(), None, NOW).expect("a");
+        let nb = parse(&m, b.as_bytes(), None, NOW).expect("b");
+        let hashed = &na.incidents[0].source_id;
+        assert!(hashed.starts_with('h') && hashed.len() == 17, "{hashed}");
+        // The same row in another export, at another position: the same id.
+        assert_eq!(&nb.incidents[1].source_id, hashed);
+        assert_eq!(na.incidents[1].source_id, "7");
+        // Another address (here: place) is another incident.
+        let c = "no,type,y,x,when\n,Robbery,41.89,-87.63,03/08/2020 01:30\n";
+        assert_ne!(&parse(&m, c.as_bytes(), None, NOW).expect("c").incidents[0].source_id, hashed);
+        // Without the option a blank id is still a missing field.
+        assert_eq!(
+            parse(&mini(), a.as_bytes(), None, NOW).expect("one").row_errors[0].error.reason_code(),
+            "missing_field"
+        );
+    }
+
+    const STATE_FEED: &str = r#"
+name = "state"
+kind = "json"
+source = "state-cad"
+records = "/incidents"
+id = { columns = ["/id"] }
+[fields]
+call_type = "/type"
+lat = "/lat"
+lng = "/lng"
+[times.occurred_at]
+columns = ["/received"]
+formats = ["rfc3339"]
+[closing]
+id_only = true
+column = "/event"
+values = ["removed"]
+"#;
+
+    #[test]
+    fn closing_records_close_with_only_an_id() {
+        let m = Mapping::parse(STATE_FEED, "s.toml").expect("valid");
+        let feed = r#"{"incidents":[
+            {"id":"1","type":"STRUCTURE FIRE","lat":41.88,"lng":-87.63,"received":"2026-11-24T06:00:00Z"},
+            {"id":"2"},
+            {"id":"3","event":"Removed"},
+            {"id":"4","event":"updated"},
+            {"id":"5","type":"ROBBERY","event":"removed","lat":41.8,"lng":-87.6,"received":"2026-11-24T05:00:00Z"}
+        ]}"#;
+        let now = Timestamp(1_795_500_000_000 + 60_000);
+        let n = parse(&m, feed.as_bytes(), None, now).expect("feed");
+        let by_id = |id: &str| n.incidents.iter().find(|i| i.source_id == id);
+        let open = by_id("1").expect("open");
+        assert_eq!((open.status, open.version), (IncidentStatus::Active, 1_795_500_000_000));
+        for id in ["2", "3"] {
+            let c = by_id(id).expect(id);
+            assert_eq!((c.status, c.location, c.version), (IncidentStatus::Closed, None, 0), "{id}");
+            assert_eq!(c.category, Category::UNKNOWN);
+            // A bare close crosses the wire like any incident.
+            assert_eq!(Incident::try_from(hexcast_proto::v1::Incident::from(c)).as_ref(), Ok(c));
+        }
+        // An id and an unknown event with nothing else is a bad row, not a close.
+        assert!(by_id("4").is_none());
+        assert_eq!((n.row_errors[0].row, n.row_errors[0].error.reason_code()), (4, "missing_field"));
+        // A full record marked removed closes with what it says.
+        let full = by_id("5").expect("full close");
+        assert_eq!((full.status, full.category.as_str()), (IncidentStatus::Closed, "crime.robbery"));
+        assert!(full.location.is_some());
+    }
+
+    #[test]
+    fn closing_declarations_are_checked_at_start() {
+        let cases = [
+            (STATE_FEED.replace("column = \"/event\"\n", ""), "closing.values"),
+            (STATE_FEED.replace("values = [\"removed\"]\n", ""), "closing.values"),
+            (STATE_FEED.replace("id_only = true\ncolumn = \"/event\"\nvalues = [\"removed\"]\n", ""), "closing"),
+        ];
+        for (text, want) in cases {
+            let e = Mapping::parse(&text, "s.toml").expect_err(want).to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
     }
 }
