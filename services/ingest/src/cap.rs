@@ -487,4 +487,122 @@ mod tests {
         assert_eq!(run(&alert("Ack", "", "<circle>40,-75 1</circle>")).expect_err("ack"), "no_incident");
         assert_eq!(run("<feed><entry/></feed>").expect_err("index"), "no_incident");
     }
+
+    fn info(language: &str, event: &str, headline: &str, area: &str) -> String {
+        let lang = if language.is_empty() { String::new() } else { format!("<language>{language}</language>") };
+        format!(
+            "<info>{lang}<category>Met</category><event>{event}</event><urgency>Expected</urgency>\
+             <severity>Moderate</severity><certainty>Likely</certainty><headline>{headline}</headline>\
+             <description>{headline}: details</description>{area}</info>"
+        )
+    }
+
+    fn with_infos(infos: &[String]) -> String {
+        format!(
+            "<alert xmlns=\"urn:oasis:names:tc:emergency:cap:1.2\"><identifier>ML-1</identifier>\
+             <sender>ec@example.org</sender><sent>2020-03-01T10:00:00-05:00</sent><status>Actual</status>\
+             <msgType>Alert</msgType><scope>Public</scope>{}</alert>",
+            infos.concat()
+        )
+    }
+
+    const BOX: &str =
+        "<area><areaDesc>Region</areaDesc><polygon>45.0,-75.0 45.5,-75.0 45.5,-74.0 45.0,-75.0</polygon></area>";
+    const BOX_FR: &str =
+        "<area><areaDesc>R\u{e9}gion</areaDesc><polygon>45.0,-75.0 45.5,-75.0 45.5,-74.0 45.0,-75.0</polygon></area>";
+    const OTHER_BOX: &str =
+        "<area><areaDesc>Elsewhere</areaDesc><polygon>46.0,-75.0 46.5,-75.0 46.5,-74.0 46.0,-75.0</polygon></area>";
+
+    #[test]
+    fn one_alert_in_two_languages_is_one_incident_with_both_texts() {
+        // The French event name maps to a less specific category than the English one;
+        // whichever comes first, the pair is one incident with the specific category.
+        let fr = info("fr-CA", "Avertissement de vents", "Vents violents", BOX_FR);
+        let en = info("en-CA", "Wind warning", "Strong winds", BOX);
+        for infos in [[fr.clone(), en.clone()], [en.clone(), fr.clone()]] {
+            let n = run(&with_infos(&infos)).expect("valid");
+            assert_eq!(n.incidents.len(), 1, "{infos:?}");
+            let i = &n.incidents[0];
+            assert_eq!(i.category.as_str(), "weather.storm");
+            assert_eq!(i.id, "ec@example.org:ML-1");
+            let mut langs: Vec<&str> = i.sensitive.texts.iter().map(|t| t.language.as_str()).collect();
+            langs.sort_unstable();
+            assert_eq!(langs, vec!["en-CA", "fr-CA"]);
+            let fr_text = i.sensitive.texts.iter().find(|t| t.language == "fr-CA").expect("french");
+            assert_eq!(
+                (fr_text.headline.as_str(), fr_text.description.as_str()),
+                ("Vents violents", "Vents violents: details")
+            );
+        }
+    }
+
+    #[test]
+    fn different_places_or_same_language_events_stay_separate() {
+        // Same language, another area: two incidents.
+        let n =
+            run(&with_infos(&[info("en-CA", "Wind warning", "a", BOX), info("en-CA", "Wind warning", "b", OTHER_BOX)]))
+                .expect("valid");
+        assert_eq!(n.incidents.len(), 2);
+        assert_eq!(n.incidents[1].source_id, "ML-1#2");
+        // Same language, same area, another event: two incidents.
+        let n = run(&with_infos(&[info("en-US", "Flood warning", "a", BOX), info("", "Tornado warning", "b", BOX)]))
+            .expect("valid");
+        assert_eq!(n.incidents.len(), 2);
+        // The same block twice (no language: CAP's default en-US) adds nothing.
+        let n = run(&with_infos(&[info("", "Flood warning", "a", BOX), info("en-US", "Flood warning", "a", BOX)]))
+            .expect("valid");
+        assert_eq!((n.incidents.len(), n.incidents[0].sensitive.texts.len()), (1, 1));
+    }
+
+    #[test]
+    fn a_translation_without_its_own_area_joins_the_one_that_has_it() {
+        let n = run(&with_infos(&[
+            info("en-CA", "Wind warning", "Strong winds", BOX),
+            info("fr-CA", "Avertissement de vents", "Vents", ""),
+        ]))
+        .expect("valid");
+        assert_eq!(n.incidents.len(), 1);
+        assert_eq!(n.incidents[0].sensitive.texts.len(), 2);
+        assert!(n.row_errors.is_empty());
+    }
+
+    const GEOCODE_ONLY: &str = "<area><areaDesc>Tuolumne</areaDesc>\
+        <geocode><valueName>SAME</valueName><value>006109</value></geocode>\
+        <geocode><valueName>UGC</valueName><value>CAC109</value></geocode>\
+        <geocode><valueName>SAME</valueName><value>006043</value></geocode>\
+        <geocode><valueName>SAME</valueName><value>006999</value></geocode></area>";
+
+    fn sample_geocodes() -> Geocodes {
+        Geocodes::parse(include_str!("../tests/fixtures/geocodes-sample.geojson")).expect("fixture")
+    }
+
+    #[test]
+    fn geocode_only_areas_take_their_areas_from_the_table() {
+        let doc = with_infos(&[info("en-US", "Flood warning", "x", GEOCODE_ONLY)]);
+        assert_eq!(run(&doc).expect_err("no table"), "no_location");
+        let n = parse(doc.as_bytes(), None, NOW, &sample_geocodes()).expect("with table");
+        let i = &n.incidents[0];
+        // SAME 006109 and UGC CAC109 are one feature; 006043 another; 006999 is not in the
+        // table and adds nothing.
+        assert_eq!(i.areas.len(), 2);
+        assert!(i.areas.iter().all(|a| matches!(a, Area::Polygon(_))));
+        let Area::Polygon(p) = &i.areas[0] else { panic!("polygon") };
+        assert_eq!(p.exterior().0[0], geo::Coord { x: -120.65, y: 37.63 });
+        assert!(Incident::try_from(hexcast_proto::v1::Incident::from(i)).is_ok());
+        // A drawn polygon wins over the codes of the same area.
+        let drawn = GEOCODE_ONLY
+            .replace("</area>", "<polygon>38.0,-120.0 38.1,-120.0 38.1,-119.9 38.0,-120.0</polygon></area>");
+        let n =
+            parse(with_infos(&[info("en-US", "Flood warning", "x", &drawn)]).as_bytes(), None, NOW, &sample_geocodes())
+                .expect("drawn");
+        assert_eq!(n.incidents[0].areas.len(), 1);
+        // Codes the table does not have: still no location.
+        let unknown =
+            "<area><areaDesc>x</areaDesc><geocode><valueName>UGC</valueName><value>NYZ072</value></geocode></area>";
+        let doc = with_infos(&[info("en-US", "Flood warning", "x", unknown)]);
+        assert_eq!(
+            parse(doc.as_bytes(), None, NOW, &sample_geocodes()).expect_err("unknown").reason_code(),
+            "no_location"
+        );
+    }
 }
