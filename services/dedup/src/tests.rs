@@ -439,3 +439,61 @@ proptest! {
         }
     }
 }
+
+/// A CAD state feed end to end through ingest, the wire and dedup: the incident re-sent
+/// unchanged on every poll, then corrected without a new timestamp, then removed by an
+/// event that carries only its id.
+#[test]
+fn dedup_cad_state_feed_through_ingest_new_update_close() {
+    const MAPPING: &str = r#"
+name = "state"
+kind = "json"
+source = "state-cad"
+records = "/incidents"
+id = { columns = ["/id"] }
+[fields]
+call_type = "/type"
+lat = "/lat"
+lng = "/lng"
+[times.occurred_at]
+columns = ["/received"]
+formats = ["rfc3339"]
+[closing]
+id_only = true
+"#;
+    let ingest = hexcast_ingest::Ingest::default()
+        .with_mapping(hexcast_ingest::Mapping::parse(MAPPING, "state.toml").expect("valid"));
+    let poll = |body: &str| {
+        let raw = hexcast_ingest::RawIncident { format: "json-state".into(), source: None, payload: body.into() };
+        let n = ingest.normalize(&raw, Timestamp(1_795_500_600_000)).expect("normalizes");
+        // Across the wire as the runner carries it.
+        n.incidents
+            .iter()
+            .map(|i| Incident::try_from(hexcast_proto::v1::Incident::from(i)).expect("decodes"))
+            .collect::<Vec<_>>()
+    };
+    let open =
+        r#"{"incidents":[{"id":"A1","type":"ROBBERY","lat":41.88,"lng":-87.63,"received":"2026-11-24T06:00:00Z"}]}"#;
+    let corrected = open.replace("41.88", "41.89");
+    let removed = r#"{"incidents":[{"id":"A1"}]}"#;
+    let mut d = Dedup::new(DedupConfig::default());
+    let mut got = Vec::new();
+    for (minute, body) in
+        [(0, open), (1, open), (2, corrected.as_str()), (3, corrected.as_str()), (4, removed), (5, removed)]
+    {
+        for o in run(&mut d, poll(body), minute * 60_000) {
+            if let Some(e) = o.event() {
+                got.push((e.kind, e.incident.location.map(|l| l.lat()), e.incident.category.as_str().to_owned()));
+            }
+        }
+    }
+    let robbery = "crime.robbery".to_owned();
+    assert_eq!(
+        got,
+        vec![
+            (EventKind::New, Some(41.88), robbery.clone()),
+            (EventKind::Update, Some(41.89), robbery.clone()),
+            (EventKind::Close, Some(41.89), robbery),
+        ]
+    );
+}
