@@ -2,9 +2,9 @@
 //! JSON feed, how its times are written and in which time zone, and which category each of
 //! its call types is. A file is parsed and validated completely at start-up into a
 //! [`Mapping`] whose lookups cannot fail for a reason the file could have caught (an unknown
-//! category, time zone or time format). The format is documented in `MAPPINGS.md`; a mapping
-//! never names a file, URL or command, so nothing it says can make ingest reach outside the
-//! payload.
+//! category, time zone or time format). The format is documented in
+//! `docs/ingest-mappings.md`; a mapping never names a file, URL or command, so nothing it
+//! says can make ingest reach outside the payload.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -589,5 +589,25 @@ formats = ["%m/%d/%Y %H:%M"]
         assert_eq!(m.category(" robbery ").as_str(), "crime.robbery");
         assert_eq!(m.category("STRUCTURE FIRE").as_str(), "fire.structure");
         assert_eq!(m.category("LOST DOG").as_str(), "other");
+    }
+
+    /// Every complete mapping shown in the documentation is valid.
+    #[test]
+    fn documented_example_mappings_parse() {
+        let doc = include_str!("../../../docs/ingest-mappings.md");
+        let blocks: Vec<&str> = doc
+            .split("```toml")
+            .skip(1)
+            .filter_map(|b| b.split_once("```").map(|(toml, _)| toml))
+            .filter(|b| b.trim_start().starts_with("name ="))
+            .collect();
+        assert!(blocks.len() >= 2, "the doc shows its examples");
+        for b in blocks {
+            let m = Mapping::parse(b, "docs/ingest-mappings.md").unwrap_or_else(|e| panic!("{e}\n{b}"));
+            if m.name == "county-so" {
+                assert!(!m.has_header && m.columns.as_ref().is_some_and(|c| c.len() == 6));
+                assert_eq!(m.id_fallback.len(), 5);
+            }
+        }
     }
 }
