@@ -60,6 +60,44 @@ pub struct Sensitive {
     pub address: String,
     /// Source free text.
     pub free_text: String,
+    /// The source's texts per language (CAP: one `<info>` block per language); `free_text`
+    /// holds the first. Empty when the source has one untagged text.
+    pub texts: Vec<LocalizedText>,
+}
+
+/// One language's text of an incident, as the source wrote it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalizedText {
+    /// Language tag as the source gives it (`en-US`, `fr-CA`).
+    pub language: String,
+    /// Short headline.
+    pub headline: String,
+    /// Description of the event.
+    pub description: String,
+    /// Recommended action.
+    pub instruction: String,
+}
+
+impl From<&LocalizedText> for pb::LocalizedText {
+    fn from(t: &LocalizedText) -> Self {
+        pb::LocalizedText {
+            language: t.language.clone(),
+            headline: t.headline.clone(),
+            description: t.description.clone(),
+            instruction: t.instruction.clone(),
+        }
+    }
+}
+
+impl From<pb::LocalizedText> for LocalizedText {
+    fn from(t: pb::LocalizedText) -> Self {
+        LocalizedText {
+            language: t.language,
+            headline: t.headline,
+            description: t.description,
+            instruction: t.instruction,
+        }
+    }
 }
 
 /// A canonical incident.
@@ -126,6 +164,7 @@ impl From<&Sensitive> for pb::SensitiveData {
             unit_count: s.unit_count,
             address: s.address.clone(),
             free_text: s.free_text.clone(),
+            texts: s.texts.iter().map(Into::into).collect(),
         }
     }
 }
@@ -139,6 +178,7 @@ impl From<pb::SensitiveData> for Sensitive {
             unit_count: s.unit_count,
             address: s.address,
             free_text: s.free_text,
+            texts: s.texts.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -174,7 +214,11 @@ impl TryFrom<pb::Incident> for Incident {
     fn try_from(p: pb::Incident) -> Result<Self, Self::Error> {
         let location = p.location.as_ref().map(LatLng::try_from).transpose().map_err(geo_err("location"))?;
         let areas = p.areas.iter().map(Area::try_from).collect::<Result<Vec<_>, _>>().map_err(geo_err("areas"))?;
-        if location.is_none() && areas.is_empty() {
+        // A close may carry only the id (a CAD state feed's removal event): dedup gives it
+        // the location it remembers. Anything open must say where it is.
+        let closed =
+            matches!(IncidentStatus::try_from(p.status), Ok(IncidentStatus::Closed | IncidentStatus::Cancelled));
+        if location.is_none() && areas.is_empty() && !closed {
             return Err(DecodeModelError::Missing("location"));
         }
         Ok(Incident {
@@ -769,6 +813,31 @@ mod tests {
         let mut p = pb::Incident::from(&incident());
         p.location = None;
         assert_eq!(Incident::try_from(p), Err(DecodeModelError::Missing("location")));
+    }
+
+    #[test]
+    fn closed_incident_without_location_is_accepted() {
+        let mut i = incident();
+        i.location = None;
+        i.status = IncidentStatus::Closed;
+        assert_eq!(Incident::try_from(pb::Incident::from(&i)), Ok(i.clone()));
+        i.status = IncidentStatus::Cancelled;
+        assert_eq!(Incident::try_from(pb::Incident::from(&i)), Ok(i));
+    }
+
+    #[test]
+    fn localized_texts_round_trip_through_proto() {
+        let mut i = incident();
+        i.sensitive.texts = vec![
+            LocalizedText { language: "en-CA".into(), headline: "storm".into(), ..Default::default() },
+            LocalizedText {
+                language: "fr-CA".into(),
+                headline: "orage".into(),
+                instruction: "abri".into(),
+                ..Default::default()
+            },
+        ];
+        assert_eq!(Incident::try_from(pb::Incident::from(&i)), Ok(i));
     }
 
     #[test]

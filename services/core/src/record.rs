@@ -18,6 +18,8 @@ pub mod header {
     pub const DL_STAGE: &str = "hexcast-dl-stage";
     /// Dead letters: reason code.
     pub const DL_REASON: &str = "hexcast-dl-reason";
+    /// Dead letters of one row inside a multi-row record: its 1-based row number.
+    pub const DL_ROW: &str = "hexcast-dl-row";
 }
 
 /// The logical topics of the pipeline (see DESIGN.md for keys and payloads).

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use h3o::{CellIndex, Resolution};
-use hexcast_core::{EventKind, Incident, IncidentEvent, LatLng, Stage, StageCtx, Timestamp};
+use hexcast_core::{Category, EventKind, Incident, IncidentEvent, IncidentStatus, LatLng, Stage, StageCtx, Timestamp};
 use hexcast_proto::v1 as pb;
 use prost::Message as _;
 
@@ -21,9 +21,45 @@ struct Report {
     family: String,
     location: Option<LatLng>,
     occurred_at: Timestamp,
+    /// Category path of the latest report; empty when restored from an entry that predates it.
+    category: String,
+    /// Status of the latest report; unspecified when restored from an older entry.
+    status: IncidentStatus,
+}
+
+/// A report that says nothing but "closed" (a CAD state feed's removal event): no point, no
+/// area. Its category and version are placeholders, never compared.
+fn bare(i: &Incident) -> bool {
+    i.location.is_none() && i.areas.is_empty()
 }
 
 impl Report {
+    /// Whether a report of the same version says something else: another place, category
+    /// or status. Fields an older changelog entry lacks, or a bare close lacks, compare as
+    /// unknown, never as changed.
+    fn differs(&self, i: &Incident) -> bool {
+        let status = self.status != IncidentStatus::Unspecified && self.status != i.status;
+        if bare(i) {
+            return status;
+        }
+        let moved = i.location.is_some() && i.location != self.location;
+        let recategorized = !self.category.is_empty() && self.category != i.category.as_str();
+        moved || recategorized || status
+    }
+
+    /// Takes what a newer or changed report says; a bare close changes only the status.
+    fn absorb(&mut self, i: &Incident) {
+        self.status = i.status;
+        if bare(i) {
+            return;
+        }
+        if i.location.is_some() {
+            self.location = i.location;
+        }
+        i.category.as_str().clone_into(&mut self.category);
+        i.category.family().clone_into(&mut self.family);
+    }
+
     fn entry(&self, report_id: &str) -> pb::DedupEntry {
         pb::DedupEntry {
             report_id: report_id.to_owned(),
@@ -35,6 +71,8 @@ impl Report {
             family: self.family.clone(),
             location: self.location.map(|l| pb::LatLng { lat: l.lat(), lng: l.lng() }),
             occurred_at_ms: self.occurred_at.0,
+            category: self.category.clone(),
+            status: self.status as i32,
         }
     }
 }
@@ -158,6 +196,8 @@ impl Dedup {
                 family: e.family,
                 location,
                 occurred_at: Timestamp(e.occurred_at_ms),
+                status: IncidentStatus::try_from(e.status).unwrap_or(IncidentStatus::Unspecified),
+                category: e.category,
             };
             if !d.clusters.contains_key(&report.canonical) {
                 d.start_cluster(&report.canonical.clone(), &report);
@@ -231,6 +271,34 @@ impl Dedup {
                 cell,
             },
         );
+    }
+
+    /// Moves an incident's merge anchor (its place and family) to what its first report now
+    /// says, as a restore from the changelog would build it.
+    fn relocate(&mut self, canonical: &str, location: Option<LatLng>, family: &str) {
+        let grid_res = self.grid_res;
+        let Some(c) = self.clusters.get_mut(canonical) else { return };
+        if c.location == location && c.family == family {
+            return;
+        }
+        if let Some(cell) = c.cell
+            && let Some(ids) = self.grid.get_mut(&cell)
+        {
+            ids.retain(|e| e.canonical != canonical);
+            if ids.is_empty() {
+                self.grid.remove(&cell);
+            }
+        }
+        c.location = location;
+        family.clone_into(&mut c.family);
+        c.cell = location.map(|l| l.cell(grid_res));
+        if let Some(cell) = c.cell {
+            self.grid.entry(cell).or_default().push(GridEntry {
+                family: family.to_owned(),
+                occurred_at: c.occurred_at,
+                canonical: canonical.to_owned(),
+            });
+        }
     }
 
     /// Forgets one incident and every report merged into it, with their tombstones.
@@ -355,11 +423,19 @@ impl Stage for Dedup {
         let closed = incident.is_closed();
         let family = incident.category.family();
         let report_id = incident.id.clone();
+        if bare(&incident) && !self.reports.contains_key(&report_id) {
+            // A removal event for an incident not remembered: nothing is open to close.
+            return Ok(());
+        }
+        let mut anchor_moved = None;
         let (canonical, kind) = if let Some(r) = self.reports.get_mut(&report_id) {
             let anchor = r.canonical == report_id;
             let newer = incident.version > r.version;
+            // A state feed re-sends an incident with its timestamp unchanged while a
+            // dispatcher corrects its place or type: that is an update, not a repeat.
+            let changed = incident.version == r.version && r.differs(&incident);
             let closing = closed && !r.closed;
-            let kind = if !(newer || closing) {
+            let kind = if !(newer || changed || closing) {
                 None
             } else if closed {
                 // A merged report closing does not close the incident its first source
@@ -368,9 +444,23 @@ impl Stage for Dedup {
             } else {
                 Some(EventKind::Update)
             };
+            if newer || changed || closing {
+                r.absorb(&incident);
+            }
+            if bare(&incident) {
+                // The close says only "closed": it carries what is remembered.
+                incident.location = r.location;
+                if let Ok(c) = Category::parse(&r.category) {
+                    incident.category = c;
+                }
+                incident.version = incident.version.max(r.version);
+            }
             r.version = r.version.max(incident.version);
             r.closed |= closed;
             r.last_seen = now;
+            if anchor {
+                anchor_moved = Some((r.location, r.family.clone()));
+            }
             (r.canonical.clone(), kind)
         } else {
             let report = Report {
@@ -382,6 +472,8 @@ impl Stage for Dedup {
                 family: family.to_owned(),
                 location: incident.location,
                 occurred_at: incident.occurred_at,
+                category: incident.category.as_str().to_owned(),
+                status: incident.status,
             };
             let (canonical, kind) = match self.merge_target(&incident, family, now) {
                 // A report that arrives already closed adds nothing to an open incident.
@@ -399,6 +491,9 @@ impl Stage for Dedup {
             self.reports.insert(report_id.clone(), Report { canonical: canonical.clone(), ..report });
             (canonical, kind)
         };
+        if let Some((location, family)) = anchor_moved {
+            self.relocate(&canonical, location, &family);
+        }
         let cluster = self.clusters.get_mut(&canonical).unwrap_or_else(|| unreachable!("report has its incident"));
         cluster.last_seen = now;
         if canonical == report_id {

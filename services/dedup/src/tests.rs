@@ -1,10 +1,11 @@
 use std::collections::HashMap;
 
 use hexcast_core::{
-    Category, Certainty, EventKind, Incident, IncidentStatus, IntoRecord, LatLng, Severity, Stage, StageCtx, Timestamp,
-    Urgency,
+    Category, Certainty, EventKind, Incident, IncidentEvent, IncidentStatus, IntoRecord, LatLng, Severity, Stage,
+    StageCtx, Timestamp, Urgency,
 };
 use proptest::prelude::*;
+use prost::Message as _;
 
 use crate::{Dedup, DedupConfig, DedupOut};
 
@@ -93,6 +94,100 @@ fn dedup_repeat_inside_ttl_is_dropped_and_outside_is_new_again() {
     // Seen at 100 s, so remembered until 200 s.
     assert_eq!(kinds(&mut d, vec![incident("1", 1, IncidentStatus::Active)], 200_000), vec![]);
     assert_eq!(kinds(&mut d, vec![incident("1", 1, IncidentStatus::Active)], 300_001), vec![EventKind::New]);
+}
+
+/// A CAD state feed re-sends every active incident each poll, unchanged. An incident active
+/// for longer than the memory must not come out `new` again: memory counts from the last
+/// report, and so does a state rebuilt from the changelog.
+#[test]
+fn dedup_memory_counts_from_the_last_report_through_a_restore() {
+    const HOUR: i64 = 3_600_000;
+    let mut d = Dedup::new(DedupConfig::default());
+    let mut log = Vec::new();
+    let mut events = Vec::new();
+    for h in 0..26 {
+        let out = run(&mut d, vec![incident("1", 1, IncidentStatus::Active)], h * HOUR);
+        log.extend(changelog(&out));
+        events.extend(out.iter().filter_map(|o| o.event().map(|e| e.kind)));
+    }
+    let (mut d, _) = Dedup::restore(DedupConfig::default(), log, Timestamp(26 * HOUR));
+    for h in 26..50 {
+        events.extend(kinds(&mut d, vec![incident("1", 1, IncidentStatus::Active)], h * HOUR));
+    }
+    events.extend(kinds(&mut d, vec![incident("1", 2, IncidentStatus::Active)], 50 * HOUR));
+    assert_eq!(events, vec![EventKind::New, EventKind::Update]);
+}
+
+#[test]
+fn dedup_same_version_with_new_place_category_or_status_is_an_update() {
+    let mut d = Dedup::new(DedupConfig::default());
+    let first = incident("1", 5, IncidentStatus::Active);
+    let mut moved = first.clone();
+    moved.location = Some(first.location.expect("point").destination(90.0, 250.0));
+    let mut recategorized = moved.clone();
+    recategorized.category = Category::parse("crime.shooting").expect("known");
+    let mut cancelled = recategorized.clone();
+    cancelled.status = IncidentStatus::Cancelled;
+    let k = kinds(
+        &mut d,
+        vec![first, moved.clone(), moved, recategorized.clone(), recategorized, cancelled.clone(), cancelled],
+        0,
+    );
+    assert_eq!(k, vec![EventKind::New, EventKind::Update, EventKind::Update, EventKind::Close]);
+}
+
+/// A removal event carries only the id: it closes what dedup remembers, with the place and
+/// category remembered, once however often the feed re-sends it.
+#[test]
+fn dedup_bare_close_closes_the_remembered_incident_once() {
+    let mut d = Dedup::new(DedupConfig::default());
+    let open = incident("1", 7, IncidentStatus::Active);
+    let mut bare = incident("1", 0, IncidentStatus::Closed);
+    bare.location = None;
+    bare.category = Category::UNKNOWN;
+    let out = run(&mut d, vec![open.clone(), bare.clone(), bare.clone()], 0);
+    let events: Vec<_> = out.iter().filter_map(DedupOut::event).collect();
+    assert_eq!(events.len(), 2);
+    let close = events[1];
+    assert_eq!(close.kind, EventKind::Close);
+    assert_eq!(close.incident.location, open.location);
+    assert_eq!(close.incident.category, open.category);
+    assert_eq!(close.incident.version, 7);
+    // The close decodes downstream like any event.
+    let rec = DedupOut::Event(Box::new(close.clone())).into_record();
+    let back = hexcast_proto::v1::IncidentEvent::decode(rec.payload.expect("payload").as_slice()).expect("proto");
+    assert_eq!(IncidentEvent::try_from(back).expect("valid"), close.clone());
+    // Nothing remembered under that id: nothing to close, nothing stored.
+    let mut unknown = bare;
+    unknown.id = "pd:404".into();
+    assert!(run(&mut d, vec![unknown], 0).is_empty());
+    assert_eq!(d.len(), 1);
+}
+
+/// An incident whose first report moves takes its merge anchor along: a nearby report of
+/// another source merges at the new place, not at the old one.
+#[test]
+fn dedup_a_moved_incident_merges_at_its_new_place() {
+    let mut d = Dedup::new(DedupConfig::default());
+    let a = report("pd", "1", 1, IncidentStatus::Active);
+    let old = a.location.expect("point");
+    let mut moved = a.clone();
+    moved.location = Some(old.destination(0.0, 2_000.0));
+    let mut near_new = report("fd", "2", 1, IncidentStatus::Active);
+    near_new.location = Some(old.destination(0.0, 2_100.0));
+    let mut near_old = report("fd", "3", 1, IncidentStatus::Active);
+    near_old.location = Some(old.destination(180.0, 100.0));
+    let out = run(&mut d, vec![a, moved, near_old, near_new], 0);
+    let ev: Vec<_> = out.iter().filter_map(DedupOut::event).map(|e| (e.kind, e.incident.id.clone())).collect();
+    assert_eq!(
+        ev,
+        vec![
+            (EventKind::New, "pd:1".to_owned()),
+            (EventKind::Update, "pd:1".to_owned()),
+            (EventKind::New, "fd:3".to_owned()),
+            (EventKind::Update, "pd:1".to_owned()),
+        ]
+    );
 }
 
 #[test]
@@ -223,7 +318,63 @@ fn dedup_config_errors_name_the_key() {
     DedupConfig::default().validate().expect("default is valid");
 }
 
+/// What one report id's events must be, written independently of the stage: an event when
+/// the version is newer, or the same with another place, category or status, or the first
+/// close; a close is `close`, anything else after the first `new` is `update`.
+fn oracle(reports: &[(i64, u8, u8, bool)]) -> Vec<EventKind> {
+    let mut out = Vec::new();
+    let mut last: Option<(i64, u8, u8, bool)> = None;
+    let mut closed = false;
+    for &(v, place, cat, close) in reports {
+        let kind = match last {
+            None => Some(if close { EventKind::Close } else { EventKind::New }),
+            Some((lv, lp, lc, lclose)) => {
+                let newer = v > lv;
+                let changed = v == lv && (place, cat, close) != (lp, lc, lclose);
+                let closing = close && !closed;
+                (newer || changed || closing).then_some(if close { EventKind::Close } else { EventKind::Update })
+            }
+        };
+        if let Some(k) = kind {
+            out.push(k);
+            let v = last.map_or(v, |l| l.0.max(v));
+            last = Some((v, place, cat, close));
+        }
+        closed |= close;
+    }
+    out
+}
+
 proptest! {
+    /// Same-version changes are updates, exact repeats and stale versions are dropped,
+    /// whatever the order, and a restart from the changelog anywhere changes nothing.
+    #[test]
+    fn dedup_events_of_one_id_match_the_oracle(
+        reports in proptest::collection::vec((0i64..4, 0u8..3, 0u8..2, proptest::bool::weighted(0.2)), 1..30),
+        cut in 0usize..30,
+    ) {
+        let cats = ["crime.robbery", "crime.burglary"];
+        let inputs: Vec<Incident> = reports
+            .iter()
+            .map(|&(v, place, cat, close)| {
+                let status = if close { IncidentStatus::Closed } else { IncidentStatus::Active };
+                let mut r = incident("1", v, status);
+                r.location = Some(r.location.expect("point").destination(0.0, f64::from(place) * 150.0));
+                r.category = Category::parse(cats[cat as usize]).expect("known");
+                r
+            })
+            .collect();
+        let mut d = Dedup::new(DedupConfig::default());
+        let cut = cut.min(inputs.len());
+        let first = run(&mut d, inputs[..cut].to_vec(), 0);
+        let (mut d, _) = Dedup::restore(DedupConfig::default(), changelog(&first), Timestamp(0));
+        let mut got: Vec<EventKind> = first.iter().filter_map(|o| o.event().map(|e| e.kind)).collect();
+        got.extend(kinds(&mut d, inputs[cut..].to_vec(), 0));
+        // The oracle's "update" after a close stays an update; its state is the last emitted
+        // report, exactly what the stage remembers.
+        prop_assert_eq!(got, oracle(&reports));
+    }
+
     #[test]
     fn dedup_emits_one_new_per_id_and_drops_exact_repeats(reports in proptest::collection::vec((0u8..5, 0i64..4), 0..60)) {
         let mut d = Dedup::new(DedupConfig::default());
@@ -287,4 +438,62 @@ proptest! {
             }
         }
     }
+}
+
+/// A CAD state feed end to end through ingest, the wire and dedup: the incident re-sent
+/// unchanged on every poll, then corrected without a new timestamp, then removed by an
+/// event that carries only its id.
+#[test]
+fn dedup_cad_state_feed_through_ingest_new_update_close() {
+    const MAPPING: &str = r#"
+name = "state"
+kind = "json"
+source = "state-cad"
+records = "/incidents"
+id = { columns = ["/id"] }
+[fields]
+call_type = "/type"
+lat = "/lat"
+lng = "/lng"
+[times.occurred_at]
+columns = ["/received"]
+formats = ["rfc3339"]
+[closing]
+id_only = true
+"#;
+    let ingest = hexcast_ingest::Ingest::default()
+        .with_mapping(hexcast_ingest::Mapping::parse(MAPPING, "state.toml").expect("valid"));
+    let poll = |body: &str| {
+        let raw = hexcast_ingest::RawIncident { format: "json-state".into(), source: None, payload: body.into() };
+        let n = ingest.normalize(&raw, Timestamp(1_795_500_600_000)).expect("normalizes");
+        // Across the wire as the runner carries it.
+        n.incidents
+            .iter()
+            .map(|i| Incident::try_from(hexcast_proto::v1::Incident::from(i)).expect("decodes"))
+            .collect::<Vec<_>>()
+    };
+    let open =
+        r#"{"incidents":[{"id":"A1","type":"ROBBERY","lat":41.88,"lng":-87.63,"received":"2026-11-24T06:00:00Z"}]}"#;
+    let corrected = open.replace("41.88", "41.89");
+    let removed = r#"{"incidents":[{"id":"A1"}]}"#;
+    let mut d = Dedup::new(DedupConfig::default());
+    let mut got = Vec::new();
+    for (minute, body) in
+        [(0, open), (1, open), (2, corrected.as_str()), (3, corrected.as_str()), (4, removed), (5, removed)]
+    {
+        for o in run(&mut d, poll(body), minute * 60_000) {
+            if let Some(e) = o.event() {
+                got.push((e.kind, e.incident.location.map(|l| l.lat()), e.incident.category.as_str().to_owned()));
+            }
+        }
+    }
+    let robbery = "crime.robbery".to_owned();
+    assert_eq!(
+        got,
+        vec![
+            (EventKind::New, Some(41.88), robbery.clone()),
+            (EventKind::Update, Some(41.89), robbery.clone()),
+            (EventKind::Close, Some(41.89), robbery),
+        ]
+    );
 }

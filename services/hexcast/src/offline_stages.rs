@@ -85,9 +85,19 @@ fn reported_at(i: &Incident) -> Timestamp {
     if i.updated_at.0 != 0 { i.updated_at } else { i.occurred_at }
 }
 
+/// The replay clock of `hexcast dedup`: the latest reported time seen so far. A CAD state
+/// feed re-sends an active incident with its timestamp unchanged; processed at that old
+/// time, its repeats would never refresh dedup's memory and a long incident would come out
+/// `new` again once the memory, counted from its first report, ran out. Live, the runner's
+/// clock advances the same way.
+fn replay_now(clock: &mut Timestamp, i: &Incident) -> Timestamp {
+    *clock = (*clock).max(reported_at(i));
+    *clock
+}
+
 /// Runs `hexcast dedup`: Incident lines in, IncidentEvent lines out. Each report is
-/// processed at its own reported time, so the TTL and merge window replay as they would
-/// live.
+/// processed at the latest reported time seen so far (see [`replay_now`]), so the TTL and
+/// merge window replay as they would live.
 pub fn dedup_cmd(args: DedupArgs) -> anyhow::Result<()> {
     let cfg = match &args.config {
         Some(p) => Config::load(Some(p), &[])?.dedup,
@@ -98,8 +108,9 @@ pub fn dedup_cmd(args: DedupArgs) -> anyhow::Result<()> {
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut kinds: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut outs = Vec::new();
+    let mut clock = Timestamp(i64::MIN);
     let (read, bad) = for_each_line(decode_incident, |i| {
-        let ctx = StageCtx::at(reported_at(&i));
+        let ctx = StageCtx::at(replay_now(&mut clock, &i));
         outs.clear();
         dedup.process(i, &ctx, &mut outs).unwrap_or_else(|e| match e {});
         let mut emitted = false;
@@ -188,4 +199,57 @@ pub fn policy_cmd(args: PolicyArgs) -> anyhow::Result<()> {
     }
     eprintln!("{}", serde_json::json!({"read": read, "invalid": bad, "alerts": alerts, "decisions": summary}));
     Ok(())
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::*;
+    use hexcast_core::{Certainty, IncidentStatus, LatLng, Severity, Stage, Urgency};
+    use hexcast_dedup::DedupConfig;
+
+    fn report(id: &str, updated_h: i64) -> Incident {
+        Incident {
+            id: format!("pd:{id}"),
+            source: "pd".into(),
+            source_id: id.into(),
+            version: updated_h,
+            category: hexcast_core::Category::parse("crime.robbery").expect("known"),
+            raw_type: String::new(),
+            severity: Severity::Severe,
+            urgency: Urgency::Unspecified,
+            certainty: Certainty::Unspecified,
+            status: IncidentStatus::Active,
+            occurred_at: Timestamp(updated_h * 3_600_000),
+            updated_at: Timestamp(updated_h * 3_600_000),
+            expires_at: None,
+            location: Some(LatLng::new(40.0 + updated_h as f64 * 0.01, -75.0).expect("valid")),
+            areas: Vec::new(),
+            sensitive: Default::default(),
+            references: None,
+            community_threat: true,
+            published_at: None,
+        }
+    }
+
+    /// A state feed replayed: incident A (reported at hour 0) re-sent unchanged with every
+    /// hourly poll for 30 hours, next to a fresh incident each hour. A is new once.
+    #[test]
+    fn replayed_state_feed_keeps_a_long_incident_in_memory() {
+        let mut d = Dedup::new(DedupConfig::default());
+        let mut clock = Timestamp(i64::MIN);
+        let mut news = Vec::new();
+        for h in 0..30 {
+            for i in [report("A", 0), report(&format!("n{h}"), h)] {
+                let mut out = Vec::new();
+                let ctx = StageCtx::at(replay_now(&mut clock, &i));
+                d.process(i, &ctx, &mut out).unwrap_or_else(|e| match e {});
+                news.extend(out.iter().filter_map(|o| match o {
+                    DedupOut::Event(e) if e.kind == hexcast_core::EventKind::New => Some(e.incident.id.clone()),
+                    _ => None,
+                }));
+            }
+        }
+        assert_eq!(news.iter().filter(|id| *id == "pd:A").count(), 1, "{news:?}");
+        assert_eq!(clock, Timestamp(29 * 3_600_000));
+    }
 }

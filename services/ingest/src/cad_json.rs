@@ -2,7 +2,9 @@
 //! output (and for the demo's synthetic feed). One object per record:
 //! `{"source","id","version","call_type","category"?,"lat","lng","occurred_at","status"?,
 //! "severity"?,"address"?,"description"?,"names"?,"phones"?,"medical"?,"units"?}` where
-//! `occurred_at` is RFC 3339 or Unix milliseconds.
+//! `occurred_at` is RFC 3339 or Unix milliseconds. The source is the producer's
+//! `hexcast-source` header, else the body's `source`, else [`DEFAULT_SOURCE`], so that the
+//! smallest record a user can type (`kcat -H hexcast-format=cad-json`) is ingested.
 
 use hexcast_core::{Category, Certainty, Incident, IncidentStatus, LatLng, Sensitive, Timestamp, Urgency};
 use serde::Deserialize;
@@ -66,10 +68,17 @@ fn required(v: Option<String>, field: &'static str) -> Result<String, IngestErro
     v.filter(|s| !s.trim().is_empty()).ok_or(IngestError::MissingField(field))
 }
 
+/// The source of a `cad-json` record that names none, in its header or its body.
+pub const DEFAULT_SOURCE: &str = "cad-json";
+
 /// Parses one `cad-json` record. `source` (the producer's header) wins over the body's.
 pub fn parse_cad_json(payload: &[u8], source: Option<&str>, now: Timestamp) -> Result<Incident, IngestError> {
     let raw: CadJson = serde_json::from_slice(payload).map_err(|e| IngestError::MalformedJson(e.to_string()))?;
-    let source = required(source.map(str::to_owned).or(raw.source), "source")?;
+    let source = source
+        .map(str::to_owned)
+        .or(raw.source)
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_SOURCE.to_owned());
     let source_id = required(raw.id, "id")?;
     let call_type = raw.call_type.unwrap_or_default();
     let category = match raw.category {
@@ -110,6 +119,7 @@ pub fn parse_cad_json(payload: &[u8], source: Option<&str>, now: Timestamp) -> R
             unit_count: raw.units,
             address: raw.address,
             free_text: raw.description,
+            texts: Vec::new(),
         },
         references: None,
         community_threat: raw.community_threat.unwrap_or(true),
@@ -129,7 +139,37 @@ mod tests {
         let mut out = Vec::new();
         let raw = RawIncident { format: "cad-json".into(), source: None, payload: payload.as_bytes().to_vec() };
         Ingest::default().process(raw, &StageCtx::at(NOW), &mut out).map_err(|e| e.reason_code().to_owned())?;
-        Ok(out)
+        Ok(out.into_iter().filter_map(crate::IngestOut::incident).collect())
+    }
+
+    /// The record docs/OPERATIONS.md shows for producing by hand, exactly as written there.
+    fn readme_example() -> String {
+        let readme = include_str!("../../../docs/OPERATIONS.md");
+        let after = readme
+            .split_once("one `cad-json` object per line")
+            .map(|(_, rest)| rest)
+            .expect("docs/OPERATIONS.md has the example");
+        let block = after.split_once("```json").and_then(|(_, rest)| rest.split_once("```")).expect("a json block");
+        block.0.to_owned()
+    }
+
+    #[test]
+    fn the_readme_example_ingests_with_a_default_source() {
+        let example = readme_example();
+        let mut out = Vec::new();
+        let raw = RawIncident { format: "cad-json".into(), source: None, payload: example.into_bytes() };
+        // The example's own time, 2026-11-24T06:00Z, seen an hour later.
+        let now = Timestamp(1_795_500_000_000 + 3_600_000);
+        Ingest::default().process(raw, &StageCtx::at(now), &mut out).expect("the documented example ingests");
+        let i = out.into_iter().find_map(crate::IngestOut::incident).expect("one incident");
+        assert_eq!((i.id.as_str(), i.source.as_str()), ("cad-json:17", DEFAULT_SOURCE));
+        assert_eq!(i.category.as_str(), "crime.robbery");
+        // A header or body source still wins.
+        let body = r#"{"source":"pd","id":"1","lat":40,"lng":-75,"occurred_at":1699999200000}"#;
+        assert_eq!(parse_cad_json(body.as_bytes(), None, NOW).expect("valid").id, "pd:1");
+        assert_eq!(parse_cad_json(body.as_bytes(), Some("hdr"), NOW).expect("valid").id, "hdr:1");
+        let blank = r#"{"source":" ","id":"1","lat":40,"lng":-75,"occurred_at":1699999200000}"#;
+        assert_eq!(parse_cad_json(blank.as_bytes(), None, NOW).expect("valid").source, DEFAULT_SOURCE);
     }
 
     #[test]

@@ -1,15 +1,21 @@
 //! `cap-xml`: OASIS Common Alerting Protocol 1.0, 1.1 and 1.2, bare or inside an Atom,
 //! RSS or EDXL-DE envelope (every `<alert>` anywhere in the document is read). One incident
-//! per `<info>` block, except that `<info>` blocks repeating an earlier one in another
-//! language (same category and areas) are folded into it. CAP writes coordinates as
+//! per `<info>` block, except that an `<info>` block in another language for the same areas
+//! is a translation: it is folded into the earlier one, whose incident keeps every
+//! language's text (`Sensitive::texts`). An `<area>` with only `<geocode>`s takes its area
+//! from the geocode table (`ingest.geocodes_file`). CAP writes coordinates as
 //! `lat,lon` and circle radii in kilometres; this module must never hand `geo` a lat/lon
 //! swapped polygon or a radius in the wrong unit, and must never fetch a linked alert
 //! (index feeds that only link to alerts are rejected as `no_incident`).
 
 use chrono::DateTime;
+use std::collections::BTreeSet;
+
 use hexcast_core::{
-    Area, Category, Certainty, Incident, IncidentStatus, LatLng, Sensitive, Severity, Timestamp, Urgency,
+    Area, Category, Certainty, Incident, IncidentStatus, LatLng, LocalizedText, Sensitive, Severity, Timestamp, Urgency,
 };
+
+use crate::geocodes::Geocodes;
 
 use crate::xml::{self, Element};
 use crate::{IngestError, Normalized, RowError, check_time};
@@ -168,9 +174,11 @@ struct Geometry {
     descriptions: Vec<String>,
 }
 
-fn geometry(info: &Element) -> Geometry {
+fn geometry(info: &Element, geocodes: &Geocodes) -> Geometry {
     let mut g = Geometry::default();
+    let mut features = BTreeSet::new();
     for area in info.children_named("area") {
+        let drawn = g.areas.len() + usize::from(g.point.is_some());
         if let Some(d) = area.child_text("areaDesc") {
             g.descriptions.push(d.to_owned());
         }
@@ -200,8 +208,44 @@ fn geometry(info: &Element) -> Geometry {
                 }
             }
         }
+        // Codes only where the area draws nothing itself: a drawn shape is more precise.
+        if g.areas.len() + usize::from(g.point.is_some()) == drawn {
+            for code in area.children_named("geocode") {
+                let (Some(name), Some(value)) = (code.child_text("valueName"), code.child_text("value")) else {
+                    continue;
+                };
+                // SAME and UGC codes of one place name the same feature: it is added once.
+                if let Some(f) = geocodes.lookup(name, value) {
+                    features.insert(f);
+                }
+            }
+        }
     }
+    g.areas.extend(features.into_iter().filter_map(|f| geocodes.area(f).cloned()));
     g
+}
+
+/// Whether two blocks cover the same place (areas in any order).
+fn same_place(a: &Incident, areas: &[Area], point: Option<LatLng>) -> bool {
+    a.location == point
+        && a.areas.len() == areas.len()
+        && a.areas.iter().all(|x| areas.contains(x))
+        && areas.iter().all(|x| a.areas.contains(x))
+}
+
+/// A category more specific than `other` or `<family>.other`.
+fn specific(c: Category) -> bool {
+    c != Category::UNKNOWN && !c.as_str().ends_with(".other")
+}
+
+fn text_of(info: &Element, language: &str) -> LocalizedText {
+    let t = |k| info.child_text(k).unwrap_or_default().to_owned();
+    LocalizedText {
+        language: language.to_owned(),
+        headline: t("headline"),
+        description: t("description"),
+        instruction: t("instruction"),
+    }
 }
 
 /// The identifier of the last message a CAP `references` list names
@@ -224,7 +268,12 @@ fn alerts(roots: &[Element]) -> Vec<&Element> {
 }
 
 /// Parses a CAP document (or envelope) into incidents.
-pub(crate) fn parse(payload: &[u8], source: Option<&str>, now: Timestamp) -> Result<Normalized, IngestError> {
+pub(crate) fn parse(
+    payload: &[u8],
+    source: Option<&str>,
+    now: Timestamp,
+    geocodes: &Geocodes,
+) -> Result<Normalized, IngestError> {
     let roots = xml::parse(payload)?;
     let found = alerts(&roots);
     if found.is_empty() {
@@ -234,11 +283,11 @@ pub(crate) fn parse(payload: &[u8], source: Option<&str>, now: Timestamp) -> Res
     let mut first_error = None;
     for alert in found {
         n.rows += 1;
-        match parse_alert(alert, source, now) {
+        match parse_alert(alert, source, now, geocodes) {
             Ok(incidents) => n.incidents.extend(incidents),
             Err(error) => {
                 first_error.get_or_insert_with(|| error.clone());
-                n.row_errors.push(RowError { row: n.rows, error });
+                n.row_errors.push(RowError { row: n.rows, error, raw: Vec::new() });
             }
         }
     }
@@ -249,7 +298,12 @@ pub(crate) fn parse(payload: &[u8], source: Option<&str>, now: Timestamp) -> Res
     }
 }
 
-fn parse_alert(alert: &Element, source: Option<&str>, now: Timestamp) -> Result<Vec<Incident>, IngestError> {
+fn parse_alert(
+    alert: &Element,
+    source: Option<&str>,
+    now: Timestamp,
+    geocodes: &Geocodes,
+) -> Result<Vec<Incident>, IngestError> {
     let identifier = alert.child_text("identifier").ok_or(IngestError::MissingField("identifier"))?;
     let sender = alert.child_text("sender").ok_or(IngestError::MissingField("sender"))?;
     let sent = time("sent", alert.child_text("sent").ok_or(IngestError::MissingField("sent"))?)?;
@@ -272,17 +326,40 @@ fn parse_alert(alert: &Element, source: Option<&str>, now: Timestamp) -> Result<
     }
     let mut incidents: Vec<Incident> = Vec::new();
     let mut first_error = None;
+    // Blocks without geometry of their own: translations of a block that has one, if any.
+    let mut unplaced: Vec<(&Element, String)> = Vec::new();
     for info in infos {
+        // CAP's default language is en-US.
+        let language = info.child_text("language").unwrap_or("en-US").to_owned();
         let event = info.child_text("event").unwrap_or_default();
         let cap_categories: Vec<&str> = info.children_named("category").map(|c| c.text.trim()).collect();
         let category = category_for(&cap_categories, event, status_text);
-        let g = geometry(info);
+        let g = geometry(info, geocodes);
         if g.areas.is_empty() && g.point.is_none() {
-            first_error.get_or_insert(g.error.unwrap_or(IngestError::NoLocation));
+            match g.error {
+                Some(e) => {
+                    first_error.get_or_insert(e);
+                }
+                None => unplaced.push((info, language)),
+            }
             continue;
         }
-        // A translation of an earlier block (same category, same geometry) adds nothing.
-        if incidents.iter().any(|i| i.category == category && i.areas == g.areas && i.location == g.point) {
+        // The same place in a language not yet seen there is a translation: one incident,
+        // each language's text kept. Event names translate differently ("Wind warning" is
+        // weather.storm, "Avertissement de vents" only weather.other), so the category is
+        // the most specific one among the languages, not a condition for folding.
+        let twin = incidents.iter_mut().find(|i| {
+            same_place(i, &g.areas, g.point)
+                && (!i.sensitive.texts.iter().any(|t| t.language.eq_ignore_ascii_case(&language))
+                    || i.category == category)
+        });
+        if let Some(i) = twin {
+            if !i.sensitive.texts.iter().any(|t| t.language.eq_ignore_ascii_case(&language)) {
+                i.sensitive.texts.push(text_of(info, &language));
+            }
+            if !specific(i.category) && specific(category) {
+                i.category = category;
+            }
             continue;
         }
         let occurred = match info.child_text("onset").or_else(|| info.child_text("effective")) {
@@ -320,6 +397,7 @@ fn parse_alert(alert: &Element, source: Option<&str>, now: Timestamp) -> Result<
                 names,
                 address: g.descriptions.join("; "),
                 free_text: text.join("\n"),
+                texts: vec![text_of(info, &language)],
                 ..Sensitive::default()
             },
             references: references.clone(),
@@ -327,6 +405,17 @@ fn parse_alert(alert: &Element, source: Option<&str>, now: Timestamp) -> Result<
             community_threat: true,
             published_at: None,
         });
+    }
+    for (info, language) in unplaced {
+        let home = incidents
+            .iter_mut()
+            .find(|i| !i.sensitive.texts.iter().any(|t| t.language.eq_ignore_ascii_case(&language)));
+        match home {
+            Some(i) => i.sensitive.texts.push(text_of(info, &language)),
+            None => {
+                first_error.get_or_insert(IngestError::NoLocation);
+            }
+        }
     }
     if incidents.is_empty() {
         return Err(first_error.unwrap_or(IngestError::NoLocation));
@@ -353,7 +442,7 @@ mod tests {
     }
 
     fn run(doc: &str) -> Result<Normalized, String> {
-        parse(doc.as_bytes(), None, NOW).map_err(|e| e.reason_code().to_owned())
+        parse(doc.as_bytes(), None, NOW, &Geocodes::default()).map_err(|e| e.reason_code().to_owned())
     }
 
     #[test]
@@ -397,5 +486,123 @@ mod tests {
         assert_eq!(run(&alert("Alert", "", "<circle>95,-75 1</circle>")).expect_err("range"), "invalid_circle");
         assert_eq!(run(&alert("Ack", "", "<circle>40,-75 1</circle>")).expect_err("ack"), "no_incident");
         assert_eq!(run("<feed><entry/></feed>").expect_err("index"), "no_incident");
+    }
+
+    fn info(language: &str, event: &str, headline: &str, area: &str) -> String {
+        let lang = if language.is_empty() { String::new() } else { format!("<language>{language}</language>") };
+        format!(
+            "<info>{lang}<category>Met</category><event>{event}</event><urgency>Expected</urgency>\
+             <severity>Moderate</severity><certainty>Likely</certainty><headline>{headline}</headline>\
+             <description>{headline}: details</description>{area}</info>"
+        )
+    }
+
+    fn with_infos(infos: &[String]) -> String {
+        format!(
+            "<alert xmlns=\"urn:oasis:names:tc:emergency:cap:1.2\"><identifier>ML-1</identifier>\
+             <sender>ec@example.org</sender><sent>2020-03-01T10:00:00-05:00</sent><status>Actual</status>\
+             <msgType>Alert</msgType><scope>Public</scope>{}</alert>",
+            infos.concat()
+        )
+    }
+
+    const BOX: &str =
+        "<area><areaDesc>Region</areaDesc><polygon>45.0,-75.0 45.5,-75.0 45.5,-74.0 45.0,-75.0</polygon></area>";
+    const BOX_FR: &str =
+        "<area><areaDesc>R\u{e9}gion</areaDesc><polygon>45.0,-75.0 45.5,-75.0 45.5,-74.0 45.0,-75.0</polygon></area>";
+    const OTHER_BOX: &str =
+        "<area><areaDesc>Elsewhere</areaDesc><polygon>46.0,-75.0 46.5,-75.0 46.5,-74.0 46.0,-75.0</polygon></area>";
+
+    #[test]
+    fn one_alert_in_two_languages_is_one_incident_with_both_texts() {
+        // The French event name maps to a less specific category than the English one;
+        // whichever comes first, the pair is one incident with the specific category.
+        let fr = info("fr-CA", "Avertissement de vents", "Vents violents", BOX_FR);
+        let en = info("en-CA", "Wind warning", "Strong winds", BOX);
+        for infos in [[fr.clone(), en.clone()], [en.clone(), fr.clone()]] {
+            let n = run(&with_infos(&infos)).expect("valid");
+            assert_eq!(n.incidents.len(), 1, "{infos:?}");
+            let i = &n.incidents[0];
+            assert_eq!(i.category.as_str(), "weather.storm");
+            assert_eq!(i.id, "ec@example.org:ML-1");
+            let mut langs: Vec<&str> = i.sensitive.texts.iter().map(|t| t.language.as_str()).collect();
+            langs.sort_unstable();
+            assert_eq!(langs, vec!["en-CA", "fr-CA"]);
+            let fr_text = i.sensitive.texts.iter().find(|t| t.language == "fr-CA").expect("french");
+            assert_eq!(
+                (fr_text.headline.as_str(), fr_text.description.as_str()),
+                ("Vents violents", "Vents violents: details")
+            );
+        }
+    }
+
+    #[test]
+    fn different_places_or_same_language_events_stay_separate() {
+        // Same language, another area: two incidents.
+        let n =
+            run(&with_infos(&[info("en-CA", "Wind warning", "a", BOX), info("en-CA", "Wind warning", "b", OTHER_BOX)]))
+                .expect("valid");
+        assert_eq!(n.incidents.len(), 2);
+        assert_eq!(n.incidents[1].source_id, "ML-1#2");
+        // Same language, same area, another event: two incidents.
+        let n = run(&with_infos(&[info("en-US", "Flood warning", "a", BOX), info("", "Tornado warning", "b", BOX)]))
+            .expect("valid");
+        assert_eq!(n.incidents.len(), 2);
+        // The same block twice (no language: CAP's default en-US) adds nothing.
+        let n = run(&with_infos(&[info("", "Flood warning", "a", BOX), info("en-US", "Flood warning", "a", BOX)]))
+            .expect("valid");
+        assert_eq!((n.incidents.len(), n.incidents[0].sensitive.texts.len()), (1, 1));
+    }
+
+    #[test]
+    fn a_translation_without_its_own_area_joins_the_one_that_has_it() {
+        let n = run(&with_infos(&[
+            info("en-CA", "Wind warning", "Strong winds", BOX),
+            info("fr-CA", "Avertissement de vents", "Vents", ""),
+        ]))
+        .expect("valid");
+        assert_eq!(n.incidents.len(), 1);
+        assert_eq!(n.incidents[0].sensitive.texts.len(), 2);
+        assert!(n.row_errors.is_empty());
+    }
+
+    const GEOCODE_ONLY: &str = "<area><areaDesc>Tuolumne</areaDesc>\
+        <geocode><valueName>SAME</valueName><value>006109</value></geocode>\
+        <geocode><valueName>UGC</valueName><value>CAC109</value></geocode>\
+        <geocode><valueName>SAME</valueName><value>006043</value></geocode>\
+        <geocode><valueName>SAME</valueName><value>006999</value></geocode></area>";
+
+    fn sample_geocodes() -> Geocodes {
+        Geocodes::parse(include_str!("../tests/fixtures/geocodes-sample.geojson")).expect("fixture")
+    }
+
+    #[test]
+    fn geocode_only_areas_take_their_areas_from_the_table() {
+        let doc = with_infos(&[info("en-US", "Flood warning", "x", GEOCODE_ONLY)]);
+        assert_eq!(run(&doc).expect_err("no table"), "no_location");
+        let n = parse(doc.as_bytes(), None, NOW, &sample_geocodes()).expect("with table");
+        let i = &n.incidents[0];
+        // SAME 006109 and UGC CAC109 are one feature; 006043 another; 006999 is not in the
+        // table and adds nothing.
+        assert_eq!(i.areas.len(), 2);
+        assert!(i.areas.iter().all(|a| matches!(a, Area::Polygon(_))));
+        let Area::Polygon(p) = &i.areas[0] else { panic!("polygon") };
+        assert_eq!(p.exterior().0[0], geo::Coord { x: -120.65, y: 37.63 });
+        assert!(Incident::try_from(hexcast_proto::v1::Incident::from(i)).is_ok());
+        // A drawn polygon wins over the codes of the same area.
+        let drawn = GEOCODE_ONLY
+            .replace("</area>", "<polygon>38.0,-120.0 38.1,-120.0 38.1,-119.9 38.0,-120.0</polygon></area>");
+        let n =
+            parse(with_infos(&[info("en-US", "Flood warning", "x", &drawn)]).as_bytes(), None, NOW, &sample_geocodes())
+                .expect("drawn");
+        assert_eq!(n.incidents[0].areas.len(), 1);
+        // Codes the table does not have: still no location.
+        let unknown =
+            "<area><areaDesc>x</areaDesc><geocode><valueName>UGC</valueName><value>NYZ072</value></geocode></area>";
+        let doc = with_infos(&[info("en-US", "Flood warning", "x", unknown)]);
+        assert_eq!(
+            parse(doc.as_bytes(), None, NOW, &sample_geocodes()).expect_err("unknown").reason_code(),
+            "no_location"
+        );
     }
 }

@@ -24,11 +24,15 @@ pub struct IngestConfig {
     /// Largest raw payload accepted; bigger ones are dead-lettered `oversized_payload`.
     #[serde(default = "default_max_payload")]
     pub max_payload_bytes: NonZeroUsize,
+    /// GeoJSON file of areas by SAME, UGC and FIPS code, for CAP alerts whose areas carry
+    /// only geocodes (see `docs/ingest-mappings.md`). Read once at start.
+    #[serde(default)]
+    pub geocodes_file: Option<PathBuf>,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self { mappings_dir: None, max_payload_bytes: default_max_payload() }
+        Self { mappings_dir: None, max_payload_bytes: default_max_payload(), geocodes_file: None }
     }
 }
 
@@ -41,6 +45,9 @@ pub enum IngestConfigError {
     /// A mapping file is invalid.
     #[error("mapping file {file}: key `{key}`: {detail}")]
     Mapping { file: String, key: String, detail: String },
+    /// The geocode file is not a usable GeoJSON table.
+    #[error("config key `ingest.geocodes_file` ({path}): {detail}")]
+    Geocodes { path: PathBuf, detail: String },
     /// Two files declare the same mapping name.
     #[error("mapping name `{name}` declared by both {first} and {second}")]
     DuplicateName { name: String, first: String, second: String },

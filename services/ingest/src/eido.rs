@@ -69,7 +69,7 @@ pub(crate) fn parse(payload: &[u8], source: Option<&str>, now: Timestamp) -> Res
         n.rows += 1;
         match parse_eido(eido, source, now) {
             Ok(i) => n.incidents.push(i),
-            Err(error) => n.row_errors.push(RowError { row: n.rows, error }),
+            Err(error) => n.row_errors.push(RowError { row: n.rows, error, raw: Vec::new() }),
         }
     }
     if n.incidents.is_empty() {
@@ -224,6 +224,7 @@ fn parse_eido(eido: &Map<String, Value>, source: Option<&str>, now: Timestamp) -
             unit_count: u32::try_from(components(eido, "vehicleComponent").len()).unwrap_or(u32::MAX),
             address: addresses.join("; "),
             free_text: notes,
+            texts: Vec::new(),
         },
         references: None,
         community_threat: category.family() != "medical",

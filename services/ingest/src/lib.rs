@@ -6,16 +6,17 @@
 //! data is kept, but only in the `sensitive` fields.
 //!
 //! One raw record may become several incidents (a CAP alert with several `<info>` blocks, a
-//! CSV chunk with many rows). The record is dead-lettered only when it yields none; rows that
-//! are individually bad inside a record that yields something are counted (see
-//! [`Normalized::row_errors`] and [`Ingest::rows_skipped`]), so that at record level
-//! "input = output records + dead letters" always holds.
+//! CSV chunk with many rows). The record is dead-lettered (by the runner) only when it yields
+//! none; each row that is bad inside a record that yields something is dead-lettered by the
+//! stage itself ([`IngestOut::RowRejected`], with its row number and only that row's bytes)
+//! and counted in [`ROWS_REJECTED`], so that no row is ever dropped silently.
 
 mod cad_json;
 mod cap;
 mod categories;
 mod config;
 mod eido;
+mod geocodes;
 mod mapping;
 mod tabular;
 mod xml;
@@ -23,13 +24,18 @@ mod xml;
 pub use cad_json::parse_cad_json;
 pub use categories::category_for;
 pub use config::{IngestConfig, IngestConfigError};
+pub use geocodes::Geocodes;
 pub use mapping::{BUILTIN_MAPPINGS, Mapping, MappingKind};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hexcast_core::record::{DecodeError, FromRecord};
-use hexcast_core::{InRecord, Incident, ReasonCode, Stage, StageCtx, Timestamp, header};
+use hexcast_core::{InRecord, Incident, IntoRecord, OutRecord, ReasonCode, Stage, StageCtx, Timestamp, Topic, header};
+use hexcast_proto::v1 as pb;
+
+/// Counter of bad rows dead-lettered from records that still yielded incidents, by reason.
+pub const ROWS_REJECTED: &str = "hexcast_ingest_rows_rejected_total";
 
 /// Default largest raw payload accepted (`ingest.max_payload_bytes`).
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
@@ -161,6 +167,80 @@ pub struct RowError {
     pub row: usize,
     /// Why.
     pub error: IngestError,
+    /// The row's own bytes (CSV: the header line and the row; JSON: the record), or empty
+    /// where a row cannot be cut out of the payload (an alert inside a CAP envelope).
+    pub raw: Vec<u8>,
+}
+
+/// The dead letter of one bad row inside a record that still yielded incidents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowDeadLetter {
+    /// Record key: the source.
+    pub key: String,
+    /// 1-based row number.
+    pub row: usize,
+    /// Reason code.
+    pub reason: &'static str,
+    /// Human-readable detail, starting with `row N: `.
+    pub detail: String,
+    /// The row's bytes (see [`RowError::raw`]).
+    pub payload: Vec<u8>,
+    /// The raw record's format and source, so a fixed row can be re-published as it is.
+    pub format: String,
+    /// Partition and offset of the raw record.
+    pub partition: i32,
+    /// Offset of the raw record.
+    pub offset: i64,
+    /// When it was rejected.
+    pub rejected_at: Timestamp,
+}
+
+/// What ingest emits.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IngestOut {
+    /// A canonical incident, to `incidents.normalized`.
+    Incident(Box<Incident>),
+    /// One bad row of a multi-row record, to `incidents.deadletter`.
+    RowRejected(Box<RowDeadLetter>),
+}
+
+impl IngestOut {
+    /// The incident, when this is one.
+    pub fn incident(self) -> Option<Incident> {
+        match self {
+            IngestOut::Incident(i) => Some(*i),
+            IngestOut::RowRejected(_) => None,
+        }
+    }
+}
+
+impl IntoRecord for IngestOut {
+    fn into_record(self) -> OutRecord {
+        match self {
+            IngestOut::Incident(i) => i.into_record(),
+            IngestOut::RowRejected(d) => {
+                let dl = pb::DeadLetter {
+                    stage: "ingest".to_owned(),
+                    reason: d.reason.to_owned(),
+                    detail: d.detail,
+                    topic: Topic::Raw.base_name().to_owned(),
+                    partition: d.partition,
+                    offset: d.offset,
+                    key: d.key.clone().into_bytes(),
+                    payload: d.payload,
+                    headers: [(header::FORMAT.to_owned(), d.format.into_bytes())].into_iter().collect(),
+                    rejected_at_ms: d.rejected_at.0,
+                };
+                let mut r = OutRecord::proto(Topic::DeadLetter, d.key, &dl, "hexcast.v1.DeadLetter");
+                r.headers.extend([
+                    (header::DL_STAGE.to_owned(), b"ingest".to_vec()),
+                    (header::DL_REASON.to_owned(), d.reason.as_bytes().to_vec()),
+                    (header::DL_ROW.to_owned(), d.row.to_string().into_bytes()),
+                ]);
+                r
+            }
+        }
+    }
 }
 
 /// Everything one payload turned into.
@@ -178,6 +258,7 @@ pub struct Normalized {
 #[derive(Debug, Clone)]
 pub struct Ingest {
     mappings: Arc<BTreeMap<String, Mapping>>,
+    geocodes: Arc<Geocodes>,
     max_payload_bytes: usize,
     rows_skipped: u64,
 }
@@ -193,7 +274,12 @@ impl Default for Ingest {
                 mappings.insert(m.name.clone(), m);
             }
         }
-        Self { mappings: Arc::new(mappings), max_payload_bytes: MAX_PAYLOAD_BYTES, rows_skipped: 0 }
+        Self {
+            mappings: Arc::new(mappings),
+            geocodes: Arc::new(Geocodes::default()),
+            max_payload_bytes: MAX_PAYLOAD_BYTES,
+            rows_skipped: 0,
+        }
     }
 }
 
@@ -205,7 +291,22 @@ impl Ingest {
         for m in config::load_dir(cfg.mappings_dir.as_deref())? {
             mappings.insert(m.name.clone(), m);
         }
-        Ok(Self { mappings: Arc::new(mappings), max_payload_bytes: cfg.max_payload_bytes.get(), rows_skipped: 0 })
+        let geocodes = match &cfg.geocodes_file {
+            Some(path) => Geocodes::load(path)?,
+            None => Geocodes::default(),
+        };
+        Ok(Self {
+            mappings: Arc::new(mappings),
+            geocodes: Arc::new(geocodes),
+            max_payload_bytes: cfg.max_payload_bytes.get(),
+            rows_skipped: 0,
+        })
+    }
+
+    /// The same stage with a geocode table for CAP areas that carry only codes.
+    pub fn with_geocodes(mut self, geocodes: Geocodes) -> Self {
+        self.geocodes = Arc::new(geocodes);
+        self
     }
 
     /// The same stage with another payload cap (the offline command reads whole exports).
@@ -245,7 +346,7 @@ impl Ingest {
         let single = |i: Incident| Normalized { incidents: vec![i], rows: 1, row_errors: Vec::new() };
         let n = match format {
             "cad-json" => single(parse_cad_json(&input.payload, source, now)?),
-            "cap-xml" | "cap" => cap::parse(&input.payload, source, now)?,
+            "cap-xml" | "cap" => cap::parse(&input.payload, source, now, &self.geocodes)?,
             "eido-json" | "eido" => eido::parse(&input.payload, source, now)?,
             _ => {
                 let (kind, name) = match (format.strip_prefix("csv-"), format.strip_prefix("json-")) {
@@ -272,20 +373,37 @@ impl Ingest {
 
 impl Stage for Ingest {
     type In = RawIncident;
-    type Out = Incident;
+    type Out = IngestOut;
     type Reject = IngestError;
 
     fn name(&self) -> &'static str {
         "ingest"
     }
 
-    fn process(&mut self, input: RawIncident, ctx: &StageCtx, out: &mut Vec<Incident>) -> Result<(), IngestError> {
+    fn process(&mut self, input: RawIncident, ctx: &StageCtx, out: &mut Vec<IngestOut>) -> Result<(), IngestError> {
         let n = self.normalize(&input, ctx.now)?;
         self.rows_skipped = self.rows_skipped.saturating_add(n.row_errors.len() as u64);
+        // Keyed like the runner's dead letters: by source.
+        let key = n.incidents.first().map(|i| i.source.clone()).unwrap_or_default();
         out.extend(n.incidents.into_iter().map(|mut i| {
             i.published_at = ctx.record_time;
-            i
+            IngestOut::Incident(Box::new(i))
         }));
+        for e in n.row_errors {
+            let reason = e.error.reason_code();
+            metrics::counter!(ROWS_REJECTED, "reason" => reason).increment(1);
+            out.push(IngestOut::RowRejected(Box::new(RowDeadLetter {
+                key: key.clone(),
+                row: e.row,
+                reason,
+                detail: format!("row {}: {}", e.row, e.error),
+                payload: e.raw,
+                format: input.format.clone(),
+                partition: ctx.partition,
+                offset: ctx.offset,
+                rejected_at: ctx.now,
+            })));
+        }
         Ok(())
     }
 }

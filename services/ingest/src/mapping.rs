@@ -2,9 +2,9 @@
 //! JSON feed, how its times are written and in which time zone, and which category each of
 //! its call types is. A file is parsed and validated completely at start-up into a
 //! [`Mapping`] whose lookups cannot fail for a reason the file could have caught (an unknown
-//! category, time zone or time format). The format is documented in `MAPPINGS.md`; a mapping
-//! never names a file, URL or command, so nothing it says can make ingest reach outside the
-//! payload.
+//! category, time zone or time format). The format is documented in
+//! `docs/ingest-mappings.md`; a mapping never names a file, URL or command, so nothing it
+//! says can make ingest reach outside the payload.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -75,6 +75,18 @@ struct FileId {
     columns: Vec<String>,
     #[serde(default)]
     hash: bool,
+    #[serde(default)]
+    fallback_hash: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileClosing {
+    #[serde(default)]
+    id_only: bool,
+    column: Option<String>,
+    #[serde(default)]
+    values: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +120,12 @@ struct FileTime {
     timezone: Option<String>,
     #[serde(default)]
     pick: Pick,
+    #[serde(default = "yes")]
+    accept_24_00: bool,
+}
+
+const fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +146,10 @@ struct MappingFile {
     #[serde(default)]
     delimiter: Option<char>,
     #[serde(default)]
+    columns: Option<Vec<String>>,
+    #[serde(default)]
+    has_header: Option<bool>,
+    #[serde(default)]
     records: Option<String>,
     #[serde(default)]
     bounds: Option<FileBounds>,
@@ -140,6 +162,8 @@ struct MappingFile {
     id: FileId,
     fields: FileFields,
     times: FileTimes,
+    #[serde(default)]
+    closing: Option<FileClosing>,
     #[serde(default)]
     status: BTreeMap<String, String>,
     #[serde(default)]
@@ -156,6 +180,18 @@ pub(crate) struct TimeSpec {
     pub split: Option<String>,
     pub tz: Tz,
     pub pick: Pick,
+    /// Whether `24:00[:00]` reads as the next day's midnight.
+    pub accept_24_00: bool,
+}
+
+/// Which records close an incident rather than describe it.
+#[derive(Debug, Clone)]
+pub(crate) struct Closing {
+    /// A record whose mapped columns are all blank except the id ones.
+    pub id_only: bool,
+    /// A column whose value (compared like table keys) is one of `values`.
+    pub column: Option<usize>,
+    pub values: Vec<String>,
 }
 
 /// One accepted way of writing a time.
@@ -189,11 +225,17 @@ pub struct Mapping {
     pub kind: MappingKind,
     pub(crate) source: String,
     pub(crate) delimiter: u8,
+    /// CSV: the column names in order when the mapping declares them (`columns`).
+    pub(crate) columns: Option<Vec<String>>,
+    /// CSV: whether the first line is a header.
+    pub(crate) has_header: bool,
     pub(crate) records: Option<String>,
     pub(crate) bounds: Option<Bounds>,
     pub(crate) keys: Vec<String>,
     pub(crate) id: Vec<usize>,
     pub(crate) id_hash: bool,
+    pub(crate) id_fallback: Vec<usize>,
+    pub(crate) closing: Option<Closing>,
     pub(crate) group_by: Option<usize>,
     pub(crate) call_type: usize,
     pub(crate) lat_lng: Option<(usize, usize)>,
@@ -285,6 +327,7 @@ impl Builder<'_> {
             split: t.split.clone().filter(|s| !s.is_empty()),
             tz,
             pick: t.pick,
+            accept_24_00: t.accept_24_00,
         })
     }
 }
@@ -335,6 +378,21 @@ impl Mapping {
             Some(c) if c.is_ascii() && c != '"' && c != '\n' && c != '\r' => c as u8,
             Some(c) => return Err(b.err("delimiter", format!("`{c}`: an ASCII character other than quote or newline"))),
         };
+        if f.kind == MappingKind::Json && (f.columns.is_some() || f.has_header.is_some()) {
+            return Err(b.err(if f.columns.is_some() { "columns" } else { "has_header" }, "only for kind = \"csv\""));
+        }
+        let has_header = f.has_header.unwrap_or(f.columns.is_none());
+        if !has_header && f.columns.is_none() {
+            return Err(b.err("has_header", "false needs `columns`: the names of the columns in order"));
+        }
+        if let Some(cols) = &f.columns {
+            if cols.is_empty() {
+                return Err(b.err("columns", "at least one column"));
+            }
+            if let Some((i, c)) = cols.iter().enumerate().find(|(i, c)| c.trim().is_empty() || cols[..*i].contains(c)) {
+                return Err(b.err("columns", format!("column {} `{c}` is empty or listed twice", i + 1)));
+            }
+        }
         if f.records.is_some() && f.kind == MappingKind::Csv {
             return Err(b.err("records", "only for kind = \"json\""));
         }
@@ -359,6 +417,20 @@ impl Mapping {
             return Err(b.err("id.columns", "at least one column"));
         }
         let id = b.keys("id.columns", &f.id.columns)?;
+        let id_fallback = b.keys("id.fallback_hash", &f.id.fallback_hash)?;
+        let closing = match &f.closing {
+            None => None,
+            Some(c) => {
+                if c.column.is_some() == c.values.is_empty() {
+                    return Err(b.err("closing.values", "`column` and `values` go together"));
+                }
+                if !c.id_only && c.column.is_none() {
+                    return Err(b.err("closing", "set `id_only = true`, or `column` and `values`"));
+                }
+                let column = c.column.as_deref().map(|k| b.key("closing.column", k)).transpose()?;
+                Some(Closing { id_only: c.id_only, column, values: c.values.iter().map(|v| table_key(v)).collect() })
+            }
+        };
         let group_by = f.group_by.as_deref().map(|c| b.key("group_by", c)).transpose()?;
         let call_type = b.key("fields.call_type", &f.fields.call_type)?;
         let lat_lng = match (&f.fields.lat, &f.fields.lng) {
@@ -412,16 +484,25 @@ impl Mapping {
         {
             return Err(b.err("fields", format!("`{k}`: JSON mappings name fields by JSON pointer (/a/b)")));
         }
+        if let Some(cols) = &f.columns
+            && let Some(k) = b.keys.iter().find(|k| !cols.contains(k))
+        {
+            return Err(b.err("columns", format!("`{k}` is used by the mapping but not listed")));
+        }
         Ok(Mapping {
             name: f.name,
             kind: f.kind,
             source: f.source,
             delimiter,
+            columns: f.columns,
+            has_header,
             records: f.records,
             bounds,
             keys: b.keys,
             id,
             id_hash: f.id.hash,
+            id_fallback,
+            closing,
             group_by,
             call_type,
             lat_lng,
@@ -508,5 +589,25 @@ formats = ["%m/%d/%Y %H:%M"]
         assert_eq!(m.category(" robbery ").as_str(), "crime.robbery");
         assert_eq!(m.category("STRUCTURE FIRE").as_str(), "fire.structure");
         assert_eq!(m.category("LOST DOG").as_str(), "other");
+    }
+
+    /// Every complete mapping shown in the documentation is valid.
+    #[test]
+    fn documented_example_mappings_parse() {
+        let doc = include_str!("../../../docs/ingest-mappings.md");
+        let blocks: Vec<&str> = doc
+            .split("```toml")
+            .skip(1)
+            .filter_map(|b| b.split_once("```").map(|(toml, _)| toml))
+            .filter(|b| b.trim_start().starts_with("name ="))
+            .collect();
+        assert!(blocks.len() >= 2, "the doc shows its examples");
+        for b in blocks {
+            let m = Mapping::parse(b, "docs/ingest-mappings.md").unwrap_or_else(|e| panic!("{e}\n{b}"));
+            if m.name == "county-so" {
+                assert!(!m.has_header && m.columns.as_ref().is_some_and(|c| c.len() == 6));
+                assert_eq!(m.id_fallback.len(), 5);
+            }
+        }
     }
 }

@@ -256,6 +256,7 @@ mod tests {
                 unit_count: 4,
                 address: "12 ELM ST".into(),
                 free_text: "caller Jane says suspect fled".into(),
+                texts: Vec::new(),
             },
             references: None,
             community_threat: true,
@@ -401,6 +402,7 @@ mod tests {
                     format!("{house} {street}, NORRISTOWN, 19401")
                 },
                 free_text: format!("caller {name} at {phone} reports {note}"),
+                texts: Vec::new(),
             };
             let out = run(e);
             let PolicyOut::Alert(alert) = &out[0] else { panic!("expected an alert") };

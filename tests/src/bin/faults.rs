@@ -274,7 +274,7 @@ fn expected(
         if ingest.process(raw, &ctx, &mut normalized).is_err() {
             continue;
         }
-        for inc in normalized {
+        for inc in normalized.into_iter().filter_map(hexcast_ingest::IngestOut::incident) {
             let mut events = Vec::new();
             let _ = dedup.process(inc, &ctx, &mut events);
             for ev in events {

@@ -5,6 +5,7 @@ mod auth;
 mod common;
 mod dedup_restart;
 mod hostile;
+mod ingest_feeds;
 mod interop;
 mod lifecycle;
 mod load_bench;

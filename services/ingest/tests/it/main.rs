@@ -3,3 +3,4 @@
 
 mod props;
 mod real_data;
+mod rows;

@@ -2,7 +2,7 @@
 //! trip unchanged.
 
 use hexcast_core::{Incident, Stage, StageCtx, Timestamp};
-use hexcast_ingest::{Ingest, RawIncident};
+use hexcast_ingest::{Ingest, IngestOut, RawIncident};
 use proptest::prelude::*;
 
 const NOW: Timestamp = Timestamp(1_767_225_600_000);
@@ -12,7 +12,7 @@ fn run(format: &str, payload: Vec<u8>) -> Vec<Incident> {
     let mut out = Vec::new();
     let raw = RawIncident { format: format.to_owned(), source: None, payload };
     let _ = Ingest::default().process(raw, &StageCtx::at(NOW), &mut out);
-    out
+    out.into_iter().filter_map(IngestOut::incident).collect()
 }
 
 fn round_trips(i: &Incident) -> bool {

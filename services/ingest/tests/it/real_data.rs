@@ -249,3 +249,18 @@ fn duplicate_unit_rows() -> usize {
         })
         .count()
 }
+
+/// A real geocode-only NWS alert (SAME 006037, no polygon) gets its area from a geocode
+/// table; the sample table's boxes stand in for real county boundaries.
+#[test]
+fn real_geocode_only_alert_gets_an_area_from_the_geocode_table() {
+    let rel = "cap/google-cap-library/KAR0-0306112239-SW.cap";
+    assert_eq!(normalize("cap-xml", &data(rel)), Err("no_location".to_owned()));
+    let table = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/geocodes-sample.geojson"))
+        .expect("fixture");
+    let ingest = Ingest::default().with_geocodes(hexcast_ingest::Geocodes::parse(&table).expect("valid"));
+    let raw = RawIncident { format: "cap-xml".into(), source: None, payload: std::fs::read(data(rel)).expect("read") };
+    let n = ingest.normalize(&raw, NOW).expect("an area");
+    assert_eq!(n.incidents.len(), 1);
+    assert!(matches!(n.incidents[0].areas.as_slice(), [Area::Polygon(_)]));
+}
