@@ -560,8 +560,6 @@ pub struct IndexedAlert {
     pub shard: u32,
     /// Every shard the cover touches, ascending.
     pub shards: Vec<u32>,
-    /// Territories the alert touches (cells at the territory resolution), sorted.
-    pub cells: Vec<CellIndex>,
     /// The geofenced request this record routes, if it is one (see `Requests.Create`).
     pub request: Option<pb::GeoRequest>,
 }
@@ -572,16 +570,9 @@ impl From<&IndexedAlert> for pb::IndexedAlert {
             alert: Some((&a.alert).into()),
             shard: a.shard,
             shards: a.shards.clone(),
-            cells: a.cells.iter().map(|&c| u64::from(c)).collect(),
             request: a.request.clone(),
         }
     }
-}
-
-fn cells_from(raw: &[u64], field: &'static str) -> Result<Vec<CellIndex>, DecodeModelError> {
-    raw.iter()
-        .map(|&c| CellIndex::try_from(c).map_err(|_| DecodeModelError::Geo { field, source: GeoError::InvalidCell(c) }))
-        .collect()
 }
 
 impl TryFrom<pb::IndexedAlert> for IndexedAlert {
@@ -591,7 +582,6 @@ impl TryFrom<pb::IndexedAlert> for IndexedAlert {
             alert: p.alert.ok_or(DecodeModelError::Missing("alert"))?.try_into()?,
             shard: p.shard,
             shards: p.shards,
-            cells: cells_from(&p.cells, "cells")?,
             request: p.request,
         })
     }

@@ -39,8 +39,8 @@ impl Spatial {
         self.shards
     }
 
-    /// The records for one alert, one per shard touched, in shard order. The records carry
-    /// the territories touched; matchers cover the area themselves at their bucket levels.
+    /// The records for one alert, one per shard touched, in shard order. Matchers cover the
+    /// area themselves at their bucket levels.
     pub fn index(&self, alert: Alert) -> Result<Vec<IndexedAlert>, SpatialError> {
         // Refuse what the matchers could not cover at their finest bucket level; the cover
         // itself is computed only when the cheap bound does not settle it.
@@ -58,13 +58,7 @@ impl Spatial {
         let shards = self.shards.shards_of(&cells);
         Ok(shards
             .iter()
-            .map(|&shard| IndexedAlert {
-                alert: alert.clone(),
-                shard,
-                shards: shards.clone(),
-                cells: cells.clone(),
-                request: None,
-            })
+            .map(|&shard| IndexedAlert { alert: alert.clone(), shard, shards: shards.clone(), request: None })
             .collect())
     }
 }
@@ -99,7 +93,7 @@ mod tests {
     }
 
     #[test]
-    fn one_record_per_shard_touched_each_with_the_whole_cover() {
+    fn one_record_per_shard_touched_each_naming_every_shard() {
         let s = Spatial::new(GeoConfig::default(), 16);
         // 150 km spans several resolution-3 territories.
         let s_wide = Spatial::new(GeoConfig::default(), 16);
@@ -107,7 +101,7 @@ mod tests {
         assert!(recs.len() > 1);
         let shards: Vec<u32> = recs.iter().map(|r| r.shard).collect();
         assert_eq!(shards, recs[0].shards);
-        assert!(recs.iter().all(|r| r.cells == recs[0].cells));
+        assert!(recs.iter().all(|r| r.shards == recs[0].shards && r.alert == recs[0].alert));
         assert_eq!(s.index(alert(400.0)).expect("indexed").len(), 1);
     }
 
