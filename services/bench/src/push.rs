@@ -18,14 +18,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hexcast_api::Tokens;
-use hexcast_core::{Alert, Area, Category, LatLng, Topic};
+use hexcast_core::{Alert, Area, Category, LatLng, OutRecord, Topic};
 use hexcast_proto::v1 as pb;
 use hexcast_proto::v1::push_client::PushClient;
 use hexcast_proto::v1::subscriptions_client::SubscriptionsClient;
-use prost::Message as _;
 use rand::{Rng as _, SeedableRng as _};
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -92,19 +89,12 @@ pub async fn run(args: &PushBenchArgs) -> anyhow::Result<serde_json::Value> {
             .await?;
     let push = running.push.as_ref().context("push target did not start")?;
     let channel = Channel::from_shared(format!("http://{}", push.addr))?.connect().await?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .set("message.max.bytes", "16000000")
-        .create()
-        .context("creating the bench producer")?;
+    let producer = hexcast_runtime::Writer::new(&rt, "bench-push")?;
 
     // 1. Stream: records of 10,000 ids written straight to the tenant's partition.
     let per_record = 10_000usize;
     let records = args.stream_ids.div_ceil(per_record);
     let partition = hexcast_match::tenant_partition(TENANT, cfg.topics.partitions.get());
-    let topic = rt.names.name(Topic::Notifications).to_owned();
     let alert = pb::Alert::from(&bench_alert("stream@1", LatLng::new(39.95, -75.16)?, 1_000.0)?);
     for r in 0..records {
         let ids: Vec<String> = (0..per_record).map(|i| format!("s{:07}", r * per_record + i)).collect();
@@ -117,9 +107,9 @@ pub async fn run(args: &PushBenchArgs) -> anyhow::Result<serde_json::Value> {
             cursor: String::new(),
             ..Default::default()
         };
-        let payload = batch.encode_to_vec();
-        let rec = FutureRecord::to(&topic).key(TENANT).payload(&payload).partition(partition);
-        producer.send(rec, Duration::from_secs(30)).await.map_err(|(e, _)| e).context("writing notifications")?;
+        let record = OutRecord::proto(Topic::Notifications, TENANT, &batch, "hexcast.v1.NotificationBatch")
+            .on_partition(partition);
+        producer.write([record]).await.context("writing notifications")?;
     }
     let mut client = PushClient::new(authed(&channel, &token)?);
     let started = Instant::now();
@@ -185,14 +175,9 @@ pub async fn run(args: &PushBenchArgs) -> anyhow::Result<serde_json::Value> {
     // moment so the alert's notifications are after that point.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let city = bench_alert("city@1", center, args.city_radius_m)?;
-    let payload = pb::Alert::from(&city).encode_to_vec();
-    let alerts_topic = rt.names.name(Topic::Alerts).to_owned();
+    let record = OutRecord::proto(Topic::Alerts, "city@1", &pb::Alert::from(&city), "hexcast.v1.Alert");
     let published = Instant::now();
-    producer
-        .send(FutureRecord::to(&alerts_topic).key("city@1").payload(&payload), Duration::from_secs(30))
-        .await
-        .map_err(|(e, _)| e)
-        .context("publishing the city-wide alert")?;
+    producer.write([record]).await.context("publishing the city-wide alert")?;
     let (mut got, mut first) = (0usize, None);
     while got < args.subscribers {
         let b = tokio::time::timeout(Duration::from_secs(600), stream.message())

@@ -1,6 +1,7 @@
 //! The binary's command-line contract: bad configuration fails at start, naming the key.
 
 mod config_doc;
+mod layout;
 mod montco;
 mod shared_data;
 
