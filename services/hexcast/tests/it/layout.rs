@@ -134,3 +134,23 @@ fn no_crate_has_an_import_cycle_between_its_files() {
         }
     }
 }
+
+#[test]
+fn the_architecture_doc_shows_the_topology_table() {
+    let doc = std::fs::read_to_string(services().join("../docs/ARCHITECTURE.md")).expect("docs/ARCHITECTURE.md");
+    for spec in hexcast_core::topology::STAGES {
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with("| ") && l.contains(&format!("`{}`", spec.source)))
+            .unwrap_or_else(|| panic!("docs/ARCHITECTURE.md has no topology row for {}", spec.source));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells.get(2), Some(&spec.input.base_name()), "input of {}: {row}", spec.name);
+        for out in spec.outputs.iter().filter(|t| **t != hexcast_core::Topic::DeadLetter) {
+            assert!(cells.get(3).is_some_and(|c| c.contains(out.base_name())), "{} writes {out}: {row}", spec.name);
+        }
+        if let Some(c) = spec.changelog {
+            assert_eq!(cells.get(4), Some(&c.base_name()), "changelog of {}: {row}", spec.name);
+        }
+        assert!(services().join("..").join(spec.source).exists(), "{} does not exist", spec.source);
+    }
+}
