@@ -104,18 +104,16 @@ async fn run(config: Option<PathBuf>, target: &str, sets: &[String]) -> anyhow::
     };
     let rt = hexcast::runtime(&cfg);
     let running = hexcast::targets::start_prepared(&cfg, &rt, &targets, prepared, None, None, shutdown.clone()).await?;
-    if let Some(h) = &health {
-        h.set_service_status("", tonic_health::ServingStatus::Serving).await;
-    }
     tracing::info!(targets = %target, "hexcast running");
-    // A stage that dies on its own is fatal for the process: stop the rest and exit non-zero.
+    // SERVING only while every stage holds partitions and the index has caught up; a stage
+    // that dies on its own is fatal for the process: stop the rest and exit non-zero.
     let watch = {
-        let shutdown = shutdown.clone();
+        let (shutdown, readiness) = (shutdown.clone(), running.readiness());
         let health = health.clone();
         async move {
-            shutdown.cancelled().await;
-            if let Some(h) = health {
-                h.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            match health {
+                Some(h) => hexcast::health::watch(h, readiness, std::time::Duration::from_millis(500), shutdown).await,
+                None => shutdown.cancelled().await,
             }
         }
     };

@@ -128,10 +128,10 @@ pub fn follow(
                         _ => true,
                     });
                 }
-                if remaining.is_empty() {
-                    st.caught_up.store(true, Ordering::SeqCst);
-                    tracing::info!(follower = %name, applied = st.applied.load(Ordering::Relaxed), "follower caught up");
-                }
+            }
+            if remaining.is_empty() && !st.is_caught_up() {
+                st.caught_up.store(true, Ordering::SeqCst);
+                tracing::info!(follower = %name, applied = st.applied.load(Ordering::Relaxed), "follower caught up");
             }
         }
     })?;

@@ -4,6 +4,7 @@
 mod auth;
 mod common;
 mod dedup_restart;
+mod health;
 mod hostile;
 mod ingest_feeds;
 mod interop;
