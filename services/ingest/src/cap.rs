@@ -324,7 +324,7 @@ fn parse_alert(alert: &Element, source: Option<&str>, now: Timestamp) -> Result<
             },
             references: references.clone(),
             // CAP is public warning by design: it addresses everyone in the area.
-            community_threat: true,
+            community_threat: Some(true),
             published_at: None,
         });
     }

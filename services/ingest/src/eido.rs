@@ -226,7 +226,7 @@ fn parse_eido(eido: &Map<String, Value>, source: Option<&str>, now: Timestamp) -
             free_text: notes,
         },
         references: None,
-        community_threat: category.family() != "medical",
+        community_threat: None,
         published_at: None,
     })
 }

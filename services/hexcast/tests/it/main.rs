@@ -1,6 +1,8 @@
 //! The binary's command-line contract: bad configuration fails at start, naming the key.
 
+mod large_polygons;
 mod montco;
+mod privacy;
 
 use std::process::Command;
 
