@@ -291,7 +291,8 @@ mod tests {
         assert_eq!(place("1XXX BLK MARKET ST", &[]), "1000 block of MARKET ST");
         assert_eq!(place("12XX MAIN ST", &[]), "1200 block of MAIN ST");
         assert_eq!(place("345 4 AV", &[]), "300 block of 4TH AV");
-        assert_eq!(place("4 AV, MANHATTAN", &[]), "4TH AV");
+        assert_eq!(place("4 AV, MANHATTAN", &[]), "MANHATTAN", "a bare street gives its area");
+        assert_eq!(place("4 AV", &[]), "4TH AV");
         assert_eq!(place("11 AV & W 34 ST", &[]), "11TH AV");
         assert_eq!(place("1500 RT 422", &[]), "1500 block of RT 422");
         assert_eq!(place("12A MAIN ST", &[]), "0 block of MAIN ST");
