@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt as _;
-use hexcast_core::cells::{GeoConfig, ShardMap, cover};
+use hexcast_core::cells::{GeoConfig, ShardMap};
 use hexcast_core::taxonomy::validate_prefix;
 use hexcast_core::{Area, OutRecord, Place, Severity, Subscription, SubscriptionFilter, Timestamp, Topic};
 use hexcast_proto::v1 as pb;
@@ -76,7 +76,8 @@ pub fn stored_subscription(
             }
             Area::CellDisc { cell, radius_m } => Place::Disc { cell, radius_m: radius_m as f32 },
             Area::Polygon(_) | Area::MultiPolygon(_) | Area::Cells(_) => {
-                let cells = cover(&area, geo.polygon_precision, budget).map_err(|e| PushError::invalid(field(), e))?;
+                let cells = hexcast_core::cells::subscriber_cells(&area, geo.polygon_precision, budget)
+                    .map_err(|e| PushError::invalid(field(), e))?;
                 budget = budget.saturating_sub(cells.len());
                 Place::Cells(cells)
             }

@@ -5,6 +5,8 @@
 
 use std::f64::consts::PI;
 
+pub use crate::cell_geometry::{centroid, circumradius_m, max_circumradius_m};
+
 use h3o::geom::{ContainmentMode, TilerBuilder};
 use h3o::{CellIndex, Resolution};
 
@@ -124,36 +126,6 @@ fn tile(polygons: Vec<geo::Polygon<f64>>, res: Resolution, max_cells: usize) -> 
     cells.sort_unstable();
     cells.dedup();
     Ok(cells)
-}
-
-/// The cell's centroid.
-pub fn centroid(cell: CellIndex) -> LatLng {
-    let c = h3o::LatLng::from(cell);
-    // h3o's centroids are always valid coordinates; (0, 0) cannot be a centroid of any cell.
-    LatLng::new(c.lat(), c.lng()).unwrap_or_else(|_| unreachable!("cell centroid"))
-}
-
-/// Largest distance from the cell's centroid to its boundary, in meters: every point of the
-/// cell is within this distance of the centroid.
-pub fn circumradius_m(cell: CellIndex) -> f64 {
-    let c = centroid(cell);
-    cell.boundary()
-        .iter()
-        .filter_map(|v| LatLng::new(v.lat(), v.lng()).ok())
-        .map(|v| c.distance_m(v))
-        .fold(0.0, f64::max)
-        // Boundary vertices are on great circles; edges between them bulge by far less
-        // than this margin at every resolution.
-        * 1.01
-        + 0.5
-}
-
-/// An upper bound of [`circumradius_m`] over every cell of a resolution. H3 cells vary in
-/// size: sampled over the globe (pentagon neighborhoods included) the worst circumradius is
-/// 1.09 to 1.16 times the average edge length (`print_circumradius_to_edge_ratio`); 1.5
-/// leaves a wide margin, and a test checks it on sampled cells.
-pub fn max_circumradius_m(res: Resolution) -> f64 {
-    res.edge_length_m() * 1.5
 }
 
 /// Cells at `res` that touch the disc of `radius_m` around `center`, each with whether it
@@ -474,6 +446,52 @@ pub fn cover(area: &Area, res: Resolution, max_cells: usize) -> Result<Vec<CellI
             Ok(out)
         }
     }
+}
+
+/// The cells that stand for a subscriber's polygon: cells at `res` wholly inside it, and
+/// near its boundary the cells one resolution finer that touch it (except those wholly
+/// within an inside cell). No stored cell sticks out of the polygon by more than a finer
+/// cell's width (at most 67 m at resolution 11; a plain resolution-10 cover sticks out by
+/// up to 176 m, which alone breaks the 161 m bound), at a few times a plain cover's count.
+/// H3 children do not tile their parent, so the fine cells are taken from around every
+/// boundary cell's children, not from the children alone. Other areas: [`cover`].
+pub fn subscriber_cells(area: &Area, res: Resolution, max_cells: usize) -> Result<Vec<CellIndex>, CoverError> {
+    let Some(fine) = res.succ() else { return cover(area, res, max_cells) };
+    if !matches!(area, Area::Polygon(_) | Area::MultiPolygon(_)) {
+        return cover(area, res, max_cells);
+    }
+    let too_large = || CoverError::TooLarge { max: max_cells, res: u8::from(fine) };
+    let coarse = area_cells(area, res, max_cells)?;
+    let inside: std::collections::HashSet<CellIndex> = coarse.iter().filter(|(_, i)| *i).map(|(c, _)| *c).collect();
+    let mut candidates: Vec<CellIndex> = Vec::new();
+    for (c, _) in coarse.iter().filter(|(_, i)| !*i) {
+        for child in c.children(fine) {
+            candidates.extend(child.grid_disk::<Vec<_>>(1));
+        }
+        if candidates.len() > max_cells.saturating_mul(16) {
+            return Err(too_large());
+        }
+    }
+    candidates.sort_unstable();
+    candidates.dedup();
+    let prepared = crate::exact::PreparedArea::new(area);
+    // A fine cell all of whose vertices lie in one inside cell lies in it (cells are convex).
+    let within_inside = |k: CellIndex| {
+        let c = centroid(k).cell(res);
+        inside.contains(&c)
+            && k.boundary().iter().all(|v| LatLng::new(v.lat(), v.lng()).is_ok_and(|v| v.cell(res) == c))
+    };
+    let mut out: Vec<CellIndex> = inside.iter().copied().collect();
+    for k in candidates {
+        if prepared.cell_intersects(k) && !within_inside(k) {
+            out.push(k);
+            if out.len() > max_cells {
+                return Err(too_large());
+            }
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
 }
 
 /// Maps territories (cells at a coarse resolution) onto a fixed number of shards.

@@ -9,8 +9,12 @@ use hexcast_proto::v1 as pb;
 pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
 /// Largest accepted circle radius: bigger areas must be polygons or cell sets.
 pub const MAX_RADIUS_M: f64 = 500_000.0;
-/// Most vertices accepted in one polygon (all rings together).
-pub const MAX_VERTICES: usize = 20_000;
+/// Most vertices accepted in one polygon (all rings together): a guard far above what
+/// fits in a message (a vertex is about 20 bytes of protobuf, so 1 MiB holds about 52,000).
+/// The message size limits (`ingest.max_payload_bytes`, the API's `max_request_bytes`,
+/// Kafka's `message.max.bytes`) are what bound a polygon; nothing is simplified, and the
+/// cost of a large polygon stays bounded by the strip index of [`crate::exact`].
+pub const MAX_VERTICES: usize = 1 << 22;
 
 /// Why a location or area is invalid.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -283,6 +287,26 @@ mod tests {
         let area =
             pb::Area { shape: Some(pb::area::Shape::Polygon(pb::Polygon { exterior: Some(ring), holes: vec![] })) };
         assert_eq!(Area::try_from(&area), Err(GeoError::RingTooShort { points: 2 }));
+    }
+
+    #[test]
+    fn polygons_of_sixty_thousand_vertices_are_accepted() {
+        // A 60,000-vertex ring (a wiggly circle of 5 km): over the old 20,000 limit.
+        let c = LatLng::new(40.7, -74.0).expect("valid");
+        let points: Vec<pb::LatLng> = (0..60_000)
+            .map(|i| {
+                let r = 5_000.0 + 30.0 * ((i % 7) as f64);
+                c.destination(360.0 * i as f64 / 60_000.0, r).into()
+            })
+            .collect();
+        let area = pb::Area {
+            shape: Some(pb::area::Shape::Polygon(pb::Polygon {
+                exterior: Some(pb::LinearRing { points }),
+                holes: vec![],
+            })),
+        };
+        let Area::Polygon(p) = Area::try_from(&area).expect("accepted") else { panic!("polygon") };
+        assert_eq!(p.exterior().0.len(), 60_001, "nothing simplified (geo closes the ring)");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! the H3 helpers. It must never do I/O, read a clock, or depend on tokio, rdkafka or tonic:
 //! the dependency graph enforces that stage logic stays pure and testable without a broker.
 
+pub mod cell_geometry;
 pub mod cells;
 pub mod exact;
 pub mod geo;

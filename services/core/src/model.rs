@@ -137,8 +137,9 @@ pub struct Incident {
     pub sensitive: Sensitive,
     /// Source id this one updates or cancels.
     pub references: Option<String>,
-    /// Whether it threatens the community at large.
-    pub community_threat: bool,
+    /// Whether it threatens the community at large, when the feed says so; `None`: the
+    /// policy decides by category (never "public" merely because the field is absent).
+    pub community_threat: Option<bool>,
     /// When the raw record was published.
     pub published_at: Option<Timestamp>,
 }
@@ -384,6 +385,68 @@ impl Alert {
             published_at: None,
         }
     }
+}
+
+/// Largest public cover of a polygon target, in cells before compaction: a larger area is
+/// shown at a coarser resolution.
+const MAX_PUBLIC_CELLS: usize = 20_000;
+
+impl Alert {
+    /// The alert as it may leave hexcast (push streams, exports, agency and reviewer
+    /// responses): the same alert with a target that locates the incident no more finely
+    /// than its coarse cell. The precise target (a circle around a fine cell near the
+    /// call, or the source's polygon) stays on the internal topics and is what matching
+    /// uses; subscribers are chosen before this view is taken.
+    ///
+    /// - A circle, point or disc becomes a circle around the centroid of the coarse cell
+    ///   (or, for a circle far larger than that cell, of the coarse cell holding its
+    ///   center) whose radius is the original radius plus one and a half circumradii of
+    ///   that cell, rounded up to 100 m: it contains the original circle and depends only
+    ///   on the coarse cell and the category's radius.
+    /// - A polygon becomes the cells at the coarse resolution that touch it (compacted), or
+    ///   at a coarser resolution when that cover would exceed 20,000 cells.
+    /// - Explicit cells finer than the coarse resolution become their coarse parents.
+    pub fn public_view(&self) -> Alert {
+        Alert { target: public_target(&self.target, self.coarse_cell), ..self.clone() }
+    }
+}
+
+fn public_target(target: &Area, coarse: CellIndex) -> Area {
+    use crate::cells::{centroid, circumradius_m, cover};
+    let res = coarse.resolution();
+    let disc = match target {
+        Area::Point(p) => Some((*p, 0.0)),
+        Area::Circle { center, radius_m } => Some((*center, *radius_m)),
+        Area::CellDisc { cell, radius_m } => Some((centroid(*cell), radius_m + circumradius_m(*cell))),
+        _ => None,
+    };
+    if let Some((center, radius_m)) = disc {
+        let cell =
+            if centroid(coarse).distance_m(center) <= 1.5 * circumradius_m(coarse) { coarse } else { center.cell(res) };
+        let grown = ((radius_m + 1.5 * circumradius_m(cell)) / 100.0).ceil() * 100.0;
+        if let Ok(circle) = Area::circle(centroid(cell), grown) {
+            return circle;
+        }
+    }
+    if let Area::Cells(cells) = target {
+        let mut out: Vec<CellIndex> = cells.iter().map(|c| c.parent(res).unwrap_or(*c)).collect();
+        out.sort_unstable();
+        out.dedup();
+        return Area::Cells(out);
+    }
+    // Polygons, and discs too large for a circle: the cells they touch, as coarse as needed.
+    for r in (0..=u8::from(res)).rev() {
+        let Ok(r) = h3o::Resolution::try_from(r) else { continue };
+        match cover(target, r, MAX_PUBLIC_CELLS) {
+            Ok(mut cells) if !cells.is_empty() => {
+                let fine = cells.clone();
+                return Area::Cells(if CellIndex::compact(&mut cells).is_ok() { cells } else { fine });
+            }
+            Err(crate::cells::CoverError::TooLarge { .. }) => continue,
+            _ => break,
+        }
+    }
+    Area::Cells(vec![coarse])
 }
 
 impl From<&Alert> for pb::Alert {
@@ -786,7 +849,7 @@ mod tests {
             areas: vec![],
             sensitive: Sensitive { names: vec!["A. Person".into()], address: "1 MAIN ST".into(), ..Default::default() },
             references: None,
-            community_threat: true,
+            community_threat: Some(true),
             published_at: Some(Timestamp(1_450_000_061_000)),
         }
     }
@@ -835,6 +898,72 @@ mod tests {
         let mut p = pb::Incident::from(&incident());
         p.category = "crime.jaywalking".into();
         assert!(matches!(Incident::try_from(p), Err(DecodeModelError::Category(_))));
+    }
+
+    fn alert_at(target: Area, coarse_cell: CellIndex) -> Alert {
+        Alert { coarse_cell, ..Alert::synthetic("i@1", Category::parse("crime.robbery").expect("known"), target) }
+    }
+
+    fn circle_of(a: &Area) -> (LatLng, f64) {
+        match a {
+            Area::Circle { center, radius_m } => (*center, *radius_m),
+            other => panic!("expected a circle: {other:?}"),
+        }
+    }
+
+    /// A policy-made target (a circle around the resolution-10 centroid near the call) is
+    /// shown around the coarse cell's centroid, still containing the whole target, and the
+    /// same for every call in the coarse cell: the public target says nothing finer.
+    #[test]
+    fn public_view_of_a_circle_is_centered_on_the_coarse_cell_and_contains_the_target() {
+        use crate::cells::centroid;
+        let res = h3o::Resolution::Eight;
+        let coarse = LatLng::new(40.1218, -75.3446).expect("valid").cell(res);
+        let mut publics = Vec::new();
+        for child in coarse.children(h3o::Resolution::Twelve).step_by(97) {
+            let call = centroid(child);
+            let snap = centroid(call.cell(h3o::Resolution::Ten));
+            let target = Area::circle(snap, 400.0).expect("valid");
+            let public = alert_at(target.clone(), call.cell(res)).public_view();
+            let (center, radius) = circle_of(&public.target);
+            assert_eq!(center, centroid(call.cell(res)));
+            assert!(center.distance_m(snap) + 400.0 <= radius, "target sticks out of the public circle");
+            if call.cell(res) == coarse {
+                publics.push(radius);
+            }
+            // Everything else is kept.
+            assert_eq!(Alert { target, ..public }, alert_at(Area::circle(snap, 400.0).expect("valid"), call.cell(res)));
+        }
+        assert!(publics.len() > 10);
+        assert!(publics.windows(2).all(|w| w[0] == w[1]), "radius depends on the call within the cell: {publics:?}");
+    }
+
+    #[test]
+    fn public_view_of_polygons_and_fine_cells_is_coarse_cells() {
+        let c = LatLng::new(-33.86, 151.2).expect("valid");
+        let ring: Vec<(f64, f64)> = (0..12)
+            .map(|i| {
+                let p = c.destination(30.0 * f64::from(i), 900.0);
+                (p.lng(), p.lat())
+            })
+            .collect();
+        let poly = Area::Polygon(geo::Polygon::new(geo::LineString::from(ring), vec![]));
+        let coarse = c.cell(h3o::Resolution::Eight);
+        let Area::Cells(cells) = alert_at(poly.clone(), coarse).public_view().target else { panic!("cells") };
+        assert!(cells.iter().all(|x| x.resolution() <= h3o::Resolution::Eight));
+        // Every cell of the polygon's fine cover lies under a public cell.
+        for fine in crate::cells::cover(&poly, h3o::Resolution::Ten, 10_000).expect("cover") {
+            assert!(cells.iter().any(|x| fine.parent(x.resolution()) == Some(*x)), "{fine} not covered");
+        }
+        // A huge polygon is shown coarser rather than refused.
+        let big = Area::circle(c, 499_800.0).expect("valid");
+        let Area::Cells(cells) = alert_at(big, coarse).public_view().target else { panic!("cells") };
+        assert!(!cells.is_empty() && cells.len() <= 20_000);
+        let eleven = c.cell(h3o::Resolution::Eleven);
+        let parent = eleven.parent(h3o::Resolution::Eight).expect("parent");
+        let twelve = eleven.center_child(h3o::Resolution::Twelve).expect("child");
+        let fine = Area::Cells(vec![eleven, twelve]);
+        assert_eq!(alert_at(fine, parent).public_view().target, Area::Cells(vec![parent]));
     }
 
     #[test]

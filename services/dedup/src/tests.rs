@@ -28,7 +28,7 @@ fn report(source: &str, id: &str, version: i64, status: IncidentStatus) -> Incid
         areas: vec![],
         sensitive: Default::default(),
         references: None,
-        community_threat: true,
+        community_threat: Some(true),
         published_at: None,
     }
 }

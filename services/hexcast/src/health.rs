@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::targets::Readiness;
+use std::sync::Arc;
+
+use hexcast_runtime::{FollowerStatus, StageStats};
 
 /// `[health]`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -21,6 +23,38 @@ pub struct HealthConfig {
     /// Address of the gRPC health service; none: not served.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+}
+
+/// What "ready" means for this process: every stage holds partitions and the subscriber
+/// index has caught up. Cheap to check; shared with the health endpoint.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    stages: Vec<(&'static str, Arc<StageStats>)>,
+    index: Option<Arc<FollowerStatus>>,
+}
+
+impl Readiness {
+    /// Readiness over these stages' counters and, for a push target, the subscriptions
+    /// follower.
+    pub fn new(stages: Vec<(&'static str, Arc<StageStats>)>, index: Option<Arc<FollowerStatus>>) -> Self {
+        Self { stages, index }
+    }
+
+    /// `Ok` when the process is doing its job; else why not, in words for the log.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, stats) in &self.stages {
+            if stats.assigned_partitions.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return Err(format!("stage {name} holds no partition"));
+            }
+        }
+        if let Some(index) = &self.index
+            && !index.is_caught_up()
+        {
+            let applied = index.applied.load(std::sync::atomic::Ordering::Relaxed);
+            return Err(format!("subscriber index still loading ({applied} records applied)"));
+        }
+        Ok(())
+    }
 }
 
 /// Serves health on `listen` until `shutdown`; returns the reporter to flip the status.
@@ -80,4 +114,28 @@ pub async fn watch(
     }
     reporter.set_service_status("", ServingStatus::NotServing).await;
     metrics::gauge!("hexcast_ready").set(0.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_needs_partitions_for_every_stage_and_a_caught_up_index() {
+        let (a, b) = (Arc::new(StageStats::default()), Arc::new(StageStats::default()));
+        let index = Arc::new(FollowerStatus::default());
+        let r = Readiness {
+            stages: vec![("ingest", Arc::clone(&a)), ("push", Arc::clone(&b))],
+            index: Some(Arc::clone(&index)),
+        };
+        assert!(r.check().expect_err("nothing assigned").contains("ingest"));
+        a.assigned_partitions.store(3, std::sync::atomic::Ordering::SeqCst);
+        assert!(r.check().expect_err("push unassigned").contains("push"));
+        b.assigned_partitions.store(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(r.check().expect_err("index loading").contains("index"));
+        index.caught_up.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(r.check(), Ok(()));
+        a.assigned_partitions.store(0, std::sync::atomic::Ordering::SeqCst);
+        assert!(r.check().is_err(), "a revoked stage is not ready");
+    }
 }

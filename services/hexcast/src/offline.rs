@@ -22,8 +22,8 @@ pub struct CoverArgs {
     /// H3 resolution of the printed cells.
     #[arg(long)]
     pub res: u8,
-    /// A circle: `LAT,LON,RADIUS_M`.
-    #[arg(long, conflicts_with = "geojson", required_unless_present = "geojson")]
+    /// A circle: `LAT,LON,RADIUS_M` (south and west are negative: `-33.86,151.2,400`).
+    #[arg(long, conflicts_with = "geojson", required_unless_present = "geojson", allow_hyphen_values = true)]
     pub circle: Option<String>,
     /// A GeoJSON file of Polygon/MultiPolygon geometries (all of them are covered).
     #[arg(long)]
@@ -117,4 +117,31 @@ pub fn match_cmd(args: MatchArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        cover: CoverArgs,
+    }
+
+    #[test]
+    fn cover_accepts_negative_coordinates() {
+        for (arg, lat, lng) in
+            [("-33.86,151.2,400", -33.86, 151.2), ("40.7,-74.0,400", 40.7, -74.0), ("-0.5,-0.5,10", -0.5, -0.5)]
+        {
+            let cli = Cli::try_parse_from(["cover", "--res", "9", "--circle", arg]).expect(arg);
+            assert_eq!(cli.cover.circle.as_deref(), Some(arg));
+            let Area::Circle { center, .. } = parse_circle(arg).expect(arg) else { panic!("circle") };
+            assert_eq!((center.lat(), center.lng()), (lat, lng));
+        }
+        // The `=` form too, and a flag after a negative value is still a flag.
+        let cli = Cli::try_parse_from(["cover", "--circle=-33.86,151.2,400", "--res", "9"]).expect("= form");
+        assert_eq!(cli.cover.res, 9);
+    }
 }

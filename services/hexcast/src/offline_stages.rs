@@ -226,7 +226,7 @@ mod replay_tests {
             areas: Vec::new(),
             sensitive: Default::default(),
             references: None,
-            community_threat: true,
+            community_threat: Some(true),
             published_at: None,
         }
     }

@@ -26,6 +26,7 @@ use hexcast_spatial::Spatial;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::health::Readiness;
 
 /// One deployable target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -151,32 +152,6 @@ pub struct Running {
     /// Stops every target.
     pub shutdown: CancellationToken,
 }
-/// What "ready" means for this process: every stage holds partitions and the subscriber
-/// index has caught up. Cheap to check; shared with the health endpoint.
-#[derive(Debug, Clone)]
-pub struct Readiness {
-    stages: Vec<(&'static str, Arc<hexcast_runtime::StageStats>)>,
-    index: Option<Arc<FollowerStatus>>,
-}
-
-impl Readiness {
-    /// `Ok` when the process is doing its job; else why not, in words for the log.
-    pub fn check(&self) -> Result<(), String> {
-        for (name, stats) in &self.stages {
-            if stats.assigned_partitions.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-                return Err(format!("stage {name} holds no partition"));
-            }
-        }
-        if let Some(index) = &self.index
-            && !index.is_caught_up()
-        {
-            let applied = index.applied.load(std::sync::atomic::Ordering::Relaxed);
-            return Err(format!("subscriber index still loading ({applied} records applied)"));
-        }
-        Ok(())
-    }
-}
-
 impl Running {
     /// The readiness of every running target.
     pub fn readiness(&self) -> Readiness {
@@ -188,7 +163,7 @@ impl Running {
         if let Some(r) = &self.review {
             stages.push((topology::REVIEW.name, Arc::clone(&r.queue.stats)));
         }
-        Readiness { stages, index: self.push.as_ref().map(|p| Arc::clone(&p.loader)) }
+        Readiness::new(stages, self.push.as_ref().map(|p| Arc::clone(&p.loader)))
     }
 
     /// The stage handle of a target.
@@ -582,26 +557,6 @@ pub fn load_policy(path: &std::path::Path) -> anyhow::Result<PolicyConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn readiness_needs_partitions_for_every_stage_and_a_caught_up_index() {
-        let (a, b) =
-            (Arc::new(hexcast_runtime::StageStats::default()), Arc::new(hexcast_runtime::StageStats::default()));
-        let index = Arc::new(FollowerStatus::default());
-        let r = Readiness {
-            stages: vec![("ingest", Arc::clone(&a)), ("push", Arc::clone(&b))],
-            index: Some(Arc::clone(&index)),
-        };
-        assert!(r.check().expect_err("nothing assigned").contains("ingest"));
-        a.assigned_partitions.store(3, std::sync::atomic::Ordering::SeqCst);
-        assert!(r.check().expect_err("push unassigned").contains("push"));
-        b.assigned_partitions.store(1, std::sync::atomic::Ordering::SeqCst);
-        assert!(r.check().expect_err("index loading").contains("index"));
-        index.caught_up.store(true, std::sync::atomic::Ordering::SeqCst);
-        assert_eq!(r.check(), Ok(()));
-        a.assigned_partitions.store(0, std::sync::atomic::Ordering::SeqCst);
-        assert!(r.check().is_err(), "a revoked stage is not ready");
-    }
 
     #[test]
     fn targets_parse_all_lists_and_refuse_unknown_names() {

@@ -1,8 +1,9 @@
 //! `cad-json`: hexcast's own simple JSON shape for CAD producers that can choose their
 //! output (and for the demo's synthetic feed). One object per record:
 //! `{"source","id","version","call_type","category"?,"lat","lng","occurred_at","status"?,
-//! "severity"?,"address"?,"description"?,"names"?,"phones"?,"medical"?,"units"?}` where
-//! `occurred_at` is RFC 3339 or Unix milliseconds. The source is the producer's
+//! "severity"?,"community_threat"?,"address"?,"description"?,"names"?,"phones"?,"medical"?,
+//! "units"?}` where `occurred_at` is RFC 3339 or Unix milliseconds. Without
+//! `community_threat` the policy decides by category. The source is the producer's
 //! `hexcast-source` header, else the body's `source`, else [`DEFAULT_SOURCE`], so that the
 //! smallest record a user can type (`kcat -H hexcast-format=cad-json`) is ingested.
 
@@ -122,7 +123,7 @@ pub fn parse_cad_json(payload: &[u8], source: Option<&str>, now: Timestamp) -> R
             texts: Vec::new(),
         },
         references: None,
-        community_threat: raw.community_threat.unwrap_or(true),
+        community_threat: raw.community_threat,
         published_at: None,
     })
 }

@@ -402,7 +402,7 @@ fn parse_alert(
             },
             references: references.clone(),
             // CAP is public warning by design: it addresses everyone in the area.
-            community_threat: true,
+            community_threat: Some(true),
             published_at: None,
         });
     }

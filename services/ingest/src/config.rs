@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::error::IngestConfigError;
 use crate::mapping::Mapping;
 
 fn default_max_payload() -> NonZeroUsize {
@@ -34,23 +35,6 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self { mappings_dir: None, max_payload_bytes: default_max_payload(), geocodes_file: None }
     }
-}
-
-/// Why the ingest configuration is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum IngestConfigError {
-    /// A file or directory could not be read.
-    #[error("reading {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    /// A mapping file is invalid.
-    #[error("mapping file {file}: key `{key}`: {detail}")]
-    Mapping { file: String, key: String, detail: String },
-    /// The geocode file is not a usable GeoJSON table.
-    #[error("config key `ingest.geocodes_file` ({path}): {detail}")]
-    Geocodes { path: PathBuf, detail: String },
-    /// Two files declare the same mapping name.
-    #[error("mapping name `{name}` declared by both {first} and {second}")]
-    DuplicateName { name: String, first: String, second: String },
 }
 
 /// Loads and validates every `*.toml` in `dir`, in file-name order.

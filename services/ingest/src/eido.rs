@@ -227,7 +227,7 @@ fn parse_eido(eido: &Map<String, Value>, source: Option<&str>, now: Timestamp) -
             texts: Vec::new(),
         },
         references: None,
-        community_threat: category.family() != "medical",
+        community_threat: None,
         published_at: None,
     })
 }

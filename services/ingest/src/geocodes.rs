@@ -11,7 +11,7 @@ use hexcast_core::Area;
 use hexcast_proto::v1 as pb;
 use serde_json::Value;
 
-use crate::config::IngestConfigError;
+use crate::error::IngestConfigError;
 
 /// Which code system a value belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -16,6 +16,7 @@ mod cap;
 mod categories;
 mod config;
 mod eido;
+mod error;
 mod geocodes;
 mod mapping;
 mod tabular;

@@ -13,7 +13,7 @@ use chrono_tz::Tz;
 use hexcast_core::{Category, IncidentStatus, Severity};
 use serde::Deserialize;
 
-use crate::config::IngestConfigError;
+use crate::error::IngestConfigError;
 
 /// The mapping files shipped with hexcast, compiled in: `(file name, TOML)`.
 pub const BUILTIN_MAPPINGS: &[(&str, &str)] = &[

@@ -478,7 +478,7 @@ pub(crate) fn parse(
             },
             references: None,
             // A medical call concerns one household; everything else may concern neighbours.
-            community_threat: category.family() != "medical",
+            community_threat: None,
             published_at: None,
         });
     }

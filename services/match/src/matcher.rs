@@ -76,9 +76,15 @@ impl Stage for Matcher {
             }
             by_tenant.entry(m.tenant).or_default().push(m.subscriber_id.to_string());
         }
+        if by_tenant.is_empty() {
+            return Ok(());
+        }
+        // What leaves hexcast locates the incident no more finely than its coarse cell (a
+        // request's area is the agency's own, published in the transparency log).
+        let alert = if input.request.is_none() { input.alert.public_view() } else { input.alert.clone() };
         // A request carries itself and no assets; an alert its nearby public assets.
         let nearby_assets = match (&input.request, &self.assets) {
-            (None, Some((assets, rules))) if !by_tenant.is_empty() => enrich(assets, rules, &input.alert),
+            (None, Some((assets, rules))) if !by_tenant.is_empty() => enrich(assets, rules, &alert),
             _ => Vec::new(),
         };
         for (tenant, mut ids) in by_tenant {
@@ -86,7 +92,7 @@ impl Stage for Matcher {
             let parts = ids.len().div_ceil(self.max_ids_per_record) as u32;
             for (part, chunk) in ids.chunks(self.max_ids_per_record).enumerate() {
                 let batch = NotificationBatch {
-                    alert: input.alert.clone(),
+                    alert: alert.clone(),
                     tenant: tenant.to_string(),
                     subscriber_ids: chunk.to_vec(),
                     part: part as u32,

@@ -85,6 +85,8 @@ struct RawPolicy {
     #[serde(default)]
     attributes: BTreeMap<String, Vec<String>>,
     #[serde(default)]
+    community_threat: BTreeMap<String, bool>,
+    #[serde(default)]
     hold: Vec<String>,
     #[serde(default = "default_hold_timeout_secs")]
     hold_timeout_secs: u64,
@@ -203,6 +205,10 @@ pub struct PolicyConfig {
     /// Attributes a subscriber needs for an incident that does not threaten the community
     /// at large, by category prefix (longest wins); categories without any do not alert.
     pub attributes: BTreeMap<String, Vec<String>>,
+    /// Whether an incident whose feed does not say threatens the community at large, by
+    /// category prefix (longest wins): the built-in [`BUILTIN_COMMUNITY_THREAT`] with the
+    /// file's `[community_threat]` over it. A feed's own value always wins.
+    pub community_threat: BTreeMap<String, bool>,
     /// How long a held alert waits for a reviewer.
     pub hold_timeout_secs: u64,
     /// What happens then.
@@ -214,6 +220,11 @@ pub struct PolicyConfig {
     /// Tenant overrides.
     pub tenants: Vec<TenantRules>,
 }
+
+/// The built-in community-threat defaults: a medical call is one household's emergency
+/// unless its feed says otherwise; other families (crime, fire, hazard, weather, public,
+/// traffic) concern everyone nearby.
+pub const BUILTIN_COMMUNITY_THREAT: [(&str, bool); 1] = [("medical", false)];
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> PolicyConfigError {
     PolicyConfigError::Invalid { key: key.into(), message: message.into() }
@@ -360,6 +371,12 @@ impl PolicyConfig {
                 return Err(invalid(format!("attributes.{p}"), "expected a non-empty list of attribute names"));
             }
         }
+        let mut community_threat: BTreeMap<String, bool> =
+            BUILTIN_COMMUNITY_THREAT.iter().map(|(p, v)| ((*p).to_owned(), *v)).collect();
+        for (p, v) in raw.community_threat {
+            validate_prefix(&p).map_err(|e| invalid(format!("community_threat.{p}"), e.to_string()))?;
+            community_threat.insert(p, v);
+        }
         if raw.hold_timeout_secs == 0 {
             return Err(invalid("hold_timeout_secs", "expected at least 1"));
         }
@@ -409,6 +426,7 @@ impl PolicyConfig {
             coarse_resolution: res("coarse_resolution", raw.coarse_resolution)?,
             target_resolution: res("target_resolution", raw.target_resolution)?,
             attributes: raw.attributes,
+            community_threat,
             hold_timeout_secs: raw.hold_timeout_secs,
             hold_timeout_action: match raw.hold_timeout_action.as_deref() {
                 None | Some("drop") => TimeoutAction::Drop,
@@ -440,6 +458,16 @@ impl PolicyConfig {
             .filter(|(p, _)| category.matches_prefix(p))
             .max_by_key(|(p, _)| p.len())
             .map_or_else(|| builtin_template(category), |(_, t)| t.clone())
+    }
+
+    /// Whether an incident of `category` threatens the community at large when its feed
+    /// does not say: the longest matching `[community_threat]` prefix, else true.
+    pub fn community_threat_for(&self, category: Category) -> bool {
+        self.community_threat
+            .iter()
+            .filter(|(p, _)| category.matches_prefix(p))
+            .max_by_key(|(p, _)| p.len())
+            .is_none_or(|(_, v)| *v)
     }
 
     /// Attributes required for a private incident of a category; `None`: it does not alert.
@@ -484,11 +512,29 @@ mod tests {
             ("allow = [\"crime\"]\n[tenant.acme]\nmin_severity = \"loud\"", "tenant.acme.min_severity"),
             ("allow = [\"crime\"]\nhold_timeout_action = \"later\"", "hold_timeout_action"),
             ("allow = [\"crime\"]\n[attributes]\n\"medical.cardiac_arrest\" = []", "attributes.medical.cardiac_arrest"),
+            ("allow = [\"crime\"]\n[community_threat]\n\"medical.cardiac\" = true", "community_threat.medical.cardiac"),
         ];
         for (text, key) in cases {
             let e = PolicyConfig::parse(text, "p").expect_err(key).to_string();
             assert!(e.contains(key), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn community_threat_defaults_by_category_with_the_file_over_the_builtin() {
+        let cat = |c: &str| Category::parse(c).expect("known");
+        let p = PolicyConfig::parse("allow = [\"crime\"]", "p").expect("valid");
+        assert!(!p.community_threat_for(cat("medical.cardiac_arrest")), "built in: medical is private");
+        assert!(p.community_threat_for(cat("crime.robbery")));
+        let p = PolicyConfig::parse(
+            "allow = [\"crime\"]\n[community_threat]\n\"medical.other\" = true\n\"crime.burglary\" = false",
+            "p",
+        )
+        .expect("valid");
+        assert!(p.community_threat_for(cat("medical.other")), "the longer prefix wins");
+        assert!(!p.community_threat_for(cat("medical.cardiac_arrest")));
+        assert!(!p.community_threat_for(cat("crime.burglary")));
+        assert!(!PolicyConfig::seed().community_threat_for(cat("medical.cardiac_arrest")));
     }
 
     #[test]

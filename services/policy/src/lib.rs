@@ -93,7 +93,9 @@ impl Policy {
         if rules.min_severity != Severity::Unspecified && i.severity < rules.min_severity {
             return Err(("min_severity", "below_min_severity"));
         }
-        if !i.community_threat {
+        // A feed that says nothing does not make an incident public: the category decides.
+        let community = i.community_threat.unwrap_or_else(|| self.cfg.community_threat_for(i.category));
+        if !community {
             // One household's emergency: only subscribers who can help, if anyone.
             return match self.cfg.attributes_for(i.category) {
                 Some(attrs) => Ok(Verdict { rule: "community_at_large", attributes: attrs.to_vec() }),
@@ -259,7 +261,7 @@ mod tests {
                 texts: Vec::new(),
             },
             references: None,
-            community_threat: true,
+            community_threat: Some(true),
             published_at: None,
         };
         IncidentEvent { kind: EventKind::New, incident, merged_ids: vec![] }
@@ -334,14 +336,41 @@ mod tests {
     #[test]
     fn private_cardiac_arrest_alerts_only_cpr_trained_and_other_private_calls_do_not_alert() {
         let mut e = event("medical.cardiac_arrest", 0);
-        e.incident.community_threat = false;
+        e.incident.community_threat = Some(false);
         let out = run(e);
         let PolicyOut::Alert(a) = &out[0] else { panic!("expected an alert") };
         assert_eq!(a.required_attributes, vec!["cpr_trained".to_owned()]);
         let mut e = event("crime.robbery", 0);
-        e.incident.community_threat = false;
+        e.incident.community_threat = Some(false);
         let out = run(e);
         assert!(matches!(&out[..], [PolicyOut::Decision(d)] if d.reason == "not_community_threat"));
+    }
+
+    /// A `cad-json` cardiac arrest whose feed does not say whether it threatens the
+    /// community reaches only CPR-trained subscribers, as the same call through a mapping
+    /// does; only a feed that says `community_threat: true` makes it public.
+    #[test]
+    fn cad_json_cardiac_arrest_without_community_threat_is_private() {
+        use hexcast_ingest::{Ingest, RawIncident};
+        let alert_of = |extra: &str| {
+            let payload = format!(
+                r#"{{"source":"pd","id":"77","call_type":"CARDIAC ARREST","category":"medical.cardiac_arrest",
+                "lat":40.12,"lng":-75.34,"occurred_at":{}{extra}}}"#,
+                NOW.0 - 1_000
+            );
+            let raw = RawIncident { format: "cad-json".into(), source: None, payload: payload.into_bytes() };
+            let mut incidents = Vec::new();
+            Ingest::default().process(raw, &StageCtx::at(NOW), &mut incidents).expect("valid");
+            let incident = incidents.pop().and_then(hexcast_ingest::IngestOut::incident).expect("one incident");
+            let out = run(IncidentEvent { kind: EventKind::New, incident, merged_ids: vec![] });
+            match &out[0] {
+                PolicyOut::Alert(a) => a.required_attributes.clone(),
+                other => panic!("expected an alert: {other:?}"),
+            }
+        };
+        assert_eq!(alert_of(""), vec!["cpr_trained".to_owned()], "absent field: private");
+        assert_eq!(alert_of(r#","community_threat":false"#), vec!["cpr_trained".to_owned()]);
+        assert!(alert_of(r#","community_threat":true"#).is_empty(), "the feed says public");
     }
 
     #[test]

@@ -103,10 +103,102 @@ fn clean(text: &str, name_words: &[String], zip: bool) -> Vec<String> {
         .collect()
 }
 
+/// Street types after which a bare number is a numbered street (`4 AV` is 4th Avenue).
+const STREET_TYPES: [&str; 24] = [
+    "AV", "AVE", "AVENUE", "ST", "STREET", "RD", "ROAD", "PL", "PLACE", "DR", "DRIVE", "BLVD", "LN", "LANE", "TER",
+    "CT", "WAY", "PKWY", "CIR", "PIKE", "TPKE", "HWY", "SQ", "ALY",
+];
+/// Route words after which a short number is the route's (`RT 422`), not a house's.
+const ROUTE_WORDS: [&str; 9] = ["RT", "RTE", "ROUTE", "HWY", "HIGHWAY", "US", "SR", "I", "INTERSTATE"];
+
+fn is_street_type(t: &str) -> bool {
+    STREET_TYPES.iter().any(|s| s.eq_ignore_ascii_case(t.trim_end_matches('.')))
+}
+
+fn ordinal(n: u64) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "TH",
+        (1, _) => "ST",
+        (2, _) => "ND",
+        (3, _) => "RD",
+        _ => "TH",
+    };
+    format!("{n}{suffix}")
+}
+
+/// The hundred block a leading address token stands for: a house number (`1234`, or `12A`
+/// with a unit letter), a masked block (`21XX`, `2XX`) or a block already rounded
+/// (`2100`). `None` for anything else (an ordinal street, a phone number, a word).
+fn block_of(token: &str) -> Option<u64> {
+    let digits = token.chars().take_while(char::is_ascii_digit).count();
+    let rest = &token[digits..];
+    if digits == 0 || digits > 6 || is_ordinal(token) {
+        return None;
+    }
+    let n: u64 = token[..digits].parse().ok()?;
+    if rest.is_empty() || (rest.len() == 1 && rest.chars().all(|c| c.is_ascii_alphabetic())) {
+        return Some(n / 100 * 100);
+    }
+    if rest.chars().all(|c| c.eq_ignore_ascii_case(&'X')) && rest.len() <= 4 {
+        return Some(n * 10u64.pow(rest.len() as u32) / 100 * 100);
+    }
+    None
+}
+
+/// The words of a street name a place may keep: words that are not a person's name,
+/// ordinal streets, and numbered streets and routes written the way people read them
+/// (`4 AV` becomes `4TH AV`, `RT 422` stays); every other number is dropped.
+fn street_words(tokens: &[&str], name_words: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        let number = t.len() <= 3 && t.chars().all(|c| c.is_ascii_digit()) && !t.is_empty();
+        if number {
+            let n: u64 = t.parse().unwrap_or(0);
+            if n > 0 && tokens.get(i + 1).is_some_and(|next| is_street_type(next)) {
+                out.push(ordinal(n));
+            } else if n > 0 && i > 0 && ROUTE_WORDS.iter().any(|r| r.eq_ignore_ascii_case(tokens[i - 1])) {
+                out.push((*t).to_owned());
+            }
+            continue;
+        }
+        out.extend(clean(t, name_words, false));
+    }
+    out
+}
+
+/// A street address written as a block (`21XX BLOCK OF 4 AV`, `2100 BLOCK OF MAIN ST`,
+/// `BLOCK OF MAIN ST`, `1234 MAIN ST`, `12XX MAIN ST`): its hundred block, if any, and the
+/// street's words. `None` when the street does not start with a number or `BLOCK`.
+fn block_address(street: &str, name_words: &[String]) -> Option<(Option<u64>, Vec<String>)> {
+    let tokens: Vec<&str> = street.split_whitespace().collect();
+    let mut i = 0;
+    let mut block = None;
+    let first = *tokens.first()?;
+    let numbered_street = first.chars().all(|c| c.is_ascii_digit()) && tokens.get(1).is_some_and(|t| is_street_type(t));
+    if !numbered_street && let Some(b) = block_of(first) {
+        block = Some(b);
+        i = 1;
+    } else if first.chars().all(|c| c.eq_ignore_ascii_case(&'X')) {
+        i = 1;
+    }
+    let is = |i: usize, words: &[&str]| tokens.get(i).is_some_and(|t| words.iter().any(|w| w.eq_ignore_ascii_case(t)));
+    if is(i, &["BLOCK", "BLK"]) {
+        i += 1;
+        if is(i, &["OF"]) {
+            i += 1;
+        }
+    } else if i == 0 {
+        return None;
+    }
+    Some((block, street_words(&tokens[i..], name_words)))
+}
+
 /// A place no finer than a street block or an area, from an address of the form
-/// `street, area..., zip`: `1234 MAIN ST, LOWER MERION` becomes `1200 block of MAIN ST`,
-/// an intersection or a bare street gives its area (`LOWER MERION, 19003`), and failing that
-/// its first street. `names` are the incident's sensitive names: none of their words appear.
+/// `street, area..., zip`: `1234 MAIN ST, LOWER MERION` and `12XX BLOCK OF MAIN ST` become
+/// `1200 block of MAIN ST`, `BLOCK OF MAIN ST` becomes `MAIN ST`, a numbered avenue reads
+/// `4TH AV`; an intersection or a bare street gives its area (`LOWER MERION, 19003`), and
+/// failing that its first street. `names` are the incident's sensitive names: none of their
+/// words appear.
 pub fn place(address: &str, names: &[String]) -> String {
     let name_words: Vec<String> = names
         .iter()
@@ -116,17 +208,13 @@ pub fn place(address: &str, names: &[String]) -> String {
     let mut parts = address.split(',').map(str::trim).filter(|p| !p.is_empty());
     let street = parts.next().unwrap_or("");
     let area: Vec<String> = parts.flat_map(|p| clean(p, &name_words, true)).collect();
-    let digits: String = street.chars().take_while(char::is_ascii_digit).collect();
-    let after = &street[digits.len()..];
     let intersection = street.contains('&') || street.contains('/') || street.contains(" AND ");
-    if !digits.is_empty() && !intersection && after.starts_with(|c: char| c.is_whitespace() || c.is_alphabetic()) {
-        let name = clean(after, &name_words, false);
-        // A leading number glued to letters ("12A") is a unit, not an ordinal street.
-        if !name.is_empty()
-            && !is_ordinal(&street[..street.find(char::is_whitespace).unwrap_or(street.len())])
-            && let Ok(n) = digits.parse::<u64>()
-        {
-            return format!("{} block of {}", n / 100 * 100, name.join(" "));
+    if !intersection && let Some((block, name)) = block_address(street, &name_words) {
+        if !name.is_empty() {
+            return match block {
+                Some(n) => format!("{n} block of {}", name.join(" ")),
+                None => name.join(" "),
+            };
         }
     }
     if !area.is_empty() {
@@ -134,7 +222,8 @@ pub fn place(address: &str, names: &[String]) -> String {
     }
     let first = street.split(['&', '/']).next().unwrap_or("");
     let first = first.split(" AND ").next().unwrap_or(first);
-    clean(first, &name_words, false).join(" ")
+    let tokens: Vec<&str> = first.split_whitespace().collect();
+    street_words(&tokens, &name_words).join(" ")
 }
 
 fn fill(template: &str, what: &str, place: &str, time: &str) -> String {
@@ -191,6 +280,70 @@ mod tests {
         assert_eq!(place("12 SMITH RD, JOHN SMITH HOUSE", &["John Smith".to_owned()]), "0 block of RD");
         assert_eq!(place("215-555-0199 MAIN ST", &[]), "MAIN ST");
         assert_eq!(place("", &[]), "");
+    }
+
+    #[test]
+    fn block_forms_and_numbered_avenues_read_as_blocks() {
+        assert_eq!(place("21XX BLOCK OF 4 AV", &[]), "2100 block of 4TH AV");
+        assert_eq!(place("2100 BLOCK OF 4 AV, BROOKLYN, 11215", &[]), "2100 block of 4TH AV");
+        assert_eq!(place("2XX BLOCK OF W 23 ST", &[]), "200 block of W 23RD ST");
+        assert_eq!(place("BLOCK OF MAIN ST, NORRISTOWN", &[]), "MAIN ST");
+        assert_eq!(place("1XXX BLK MARKET ST", &[]), "1000 block of MARKET ST");
+        assert_eq!(place("12XX MAIN ST", &[]), "1200 block of MAIN ST");
+        assert_eq!(place("345 4 AV", &[]), "300 block of 4TH AV");
+        assert_eq!(place("4 AV, MANHATTAN", &[]), "MANHATTAN", "a bare street gives its area");
+        assert_eq!(place("4 AV", &[]), "4TH AV");
+        assert_eq!(place("11 AV & W 34 ST", &[]), "11TH AV");
+        assert_eq!(place("1500 RT 422", &[]), "1500 block of RT 422");
+        assert_eq!(place("12A MAIN ST", &[]), "0 block of MAIN ST");
+        assert_eq!(place("XX BLOCK OF OAK RD", &[]), "OAK RD");
+    }
+
+    proptest::proptest! {
+        /// Every generated address form gives `<hundred> block of <street>` (or the street
+        /// alone for an unnumbered block): the street's name survives, a numbered avenue
+        /// reads as an ordinal, and no house number, masked digit (`XX`) or second "block
+        /// of" appears.
+        #[test]
+        fn generated_address_forms_read_as_blocks_without_house_numbers(
+            house in 1u64..99_999,
+            form in 0usize..6,
+            dir in proptest::option::of("(N|S|E|W)"),
+            named in proptest::bool::ANY,
+            word in "(ELM|MAIN|OAK|MARKET|CEDAR)",
+            number in 1u64..200,
+            kind in "(ST|AV|AVE|RD|PL|BLVD)",
+            area in proptest::option::of("(NORRISTOWN|LOWER MERION|BROOKLYN)"),
+        ) {
+            let hundred = house / 100 * 100;
+            let masked = if house >= 100 { format!("{}XX", house / 100) } else { "XX".to_owned() };
+            let name_part = if named { word.clone() } else { number.to_string() };
+            let street = format!("{}{name_part} {kind}", dir.as_ref().map(|d| format!("{d} ")).unwrap_or_default());
+            let (lead, block) = match form {
+                0 => (house.to_string(), Some(hundred)),
+                1 => (format!("{masked} BLOCK OF"), (house >= 100).then_some(hundred)),
+                2 => (format!("{hundred} BLOCK OF"), Some(hundred)),
+                3 => ("BLOCK OF".to_owned(), None),
+                4 => (masked.clone(), (house >= 100).then_some(hundred)),
+                _ => (format!("{hundred} BLK"), Some(hundred)),
+            };
+            let address = match &area {
+                Some(a) => format!("{lead} {street}, {a}, 19401"),
+                None => format!("{lead} {street}"),
+            };
+            let got = place(&address, &[]);
+            let shown_street = if named { word.clone() } else { ordinal(number) };
+            let expected_street = format!("{}{shown_street} {kind}", dir.as_ref().map(|d| format!("{d} ")).unwrap_or_default());
+            let expected = match block {
+                Some(b) => format!("{b} block of {expected_street}"),
+                None => expected_street,
+            };
+            proptest::prop_assert_eq!(&got, &expected, "from {}", address);
+            proptest::prop_assert!(!got.contains("XX") && !got.to_ascii_lowercase().contains("block of block"));
+            if house % 100 != 0 {
+                proptest::prop_assert!(!got.split_whitespace().any(|t| t == house.to_string()), "house number in {}", got);
+            }
+        }
     }
 
     #[test]

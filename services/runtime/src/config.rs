@@ -215,8 +215,9 @@ pub struct TopicsConfig {
     /// Create missing topics at start.
     #[serde(default = "default_true")]
     pub create: bool,
-    /// Retention of topics that hold personal data (raw, normalized, unique, dead letters,
-    /// review): short by design.
+    /// Retention of topics that hold personal data or a precise incident location (raw,
+    /// normalized, unique, dead letters, alerts, review, alerts.indexed, dedup state,
+    /// request responses; see `docs/topics.md`): short by design.
     #[serde(default = "default_sensitive_retention")]
     pub sensitive_retention_ms: u64,
     /// Retention of alerts, audit, indexed alerts and notifications.

@@ -50,22 +50,31 @@ pub struct TopicSpec {
     pub retention_ms: u64,
 }
 
+/// Whether a topic holds personal data or locates an incident more finely than the
+/// policy's coarse cell (the precise target of `alerts` and `alerts.indexed`): such topics
+/// get the short `sensitive_retention_ms`. The table in `docs/topics.md` says the same.
+pub fn is_sensitive(topic: Topic) -> bool {
+    matches!(
+        topic,
+        Topic::Raw
+            | Topic::Normalized
+            | Topic::Unique
+            | Topic::DeadLetter
+            | Topic::Alerts
+            | Topic::Review
+            | Topic::Indexed
+            | Topic::DedupState
+            | Topic::RequestResponses
+    )
+}
+
 /// The layout of every pipeline topic.
 pub fn specs(names: &TopicNames, cfg: &TopicsConfig) -> Vec<TopicSpec> {
     Topic::ALL
         .iter()
         .map(|&t| {
             let sharded = matches!(t, Topic::Indexed | Topic::Subscriptions);
-            let sensitive = matches!(
-                t,
-                Topic::Raw
-                    | Topic::Normalized
-                    | Topic::Unique
-                    | Topic::DeadLetter
-                    | Topic::Review
-                    | Topic::DedupState
-                    | Topic::RequestResponses
-            );
+            let sensitive = is_sensitive(t);
             TopicSpec {
                 name: names.name(t).to_owned(),
                 partitions: if sharded { cfg.shards.get() } else { cfg.partitions.get() } as i32,
@@ -176,5 +185,22 @@ mod tests {
         assert_eq!(get(Topic::Raw).partitions, 3);
         assert_eq!(get(Topic::Raw).retention_ms, cfg.sensitive_retention_ms);
         assert_eq!(names.topic_of("t.alerts"), Some(Topic::Alerts));
+        // The precise target lives on alerts and alerts.indexed only; what backends read
+        // (notifications) carries the public view.
+        assert_eq!(get(Topic::Alerts).retention_ms, cfg.sensitive_retention_ms);
+        assert_eq!(get(Topic::Indexed).retention_ms, cfg.sensitive_retention_ms);
+        assert_eq!(get(Topic::Notifications).retention_ms, cfg.retention_ms);
+    }
+
+    #[test]
+    fn the_topics_doc_marks_exactly_the_sensitive_topics() {
+        let doc = include_str!("../../../docs/topics.md");
+        for t in Topic::ALL {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", t.base_name())))
+                .unwrap_or_else(|| panic!("docs/topics.md has no row for {}", t.base_name()));
+            assert_eq!(row.contains("| sensitive |"), is_sensitive(t), "{row}");
+        }
     }
 }

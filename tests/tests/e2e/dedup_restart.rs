@@ -45,7 +45,7 @@ fn incident(id: usize, version: i64, now_ms: i64) -> Incident {
         areas: vec![],
         sensitive: Default::default(),
         references: None,
-        community_threat: true,
+        community_threat: Some(true),
         published_at: None,
     }
 }

@@ -44,7 +44,7 @@ fn hostage(id: &str, now_ms: i64) -> IncidentEvent {
         areas: vec![],
         sensitive: Default::default(),
         references: None,
-        community_threat: true,
+        community_threat: Some(true),
         published_at: None,
     };
     IncidentEvent { kind: EventKind::New, incident, merged_ids: vec![] }

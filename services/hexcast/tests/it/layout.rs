@@ -94,7 +94,13 @@ fn no_crate_has_an_import_cycle_between_its_files() {
             if module == "lib" || module == "main" {
                 continue;
             }
-            let text = std::fs::read_to_string(f).expect("source");
+            // Code only: a doc link is not an import.
+            let text: String = std::fs::read_to_string(f)
+                .expect("source")
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
             for (i, _) in text.match_indices("crate::") {
                 let rest = &text[i + "crate::".len()..];
                 let target: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();

@@ -1,8 +1,10 @@
 //! The binary's command-line contract: bad configuration fails at start, naming the key.
 
 mod config_doc;
+mod large_polygons;
 mod layout;
 mod montco;
+mod privacy;
 mod shared_data;
 
 use std::process::Command;

@@ -1,0 +1,3 @@
+//! Integration tests of the core geometry.
+
+mod precision;
