@@ -209,13 +209,14 @@ pub fn place(address: &str, names: &[String]) -> String {
     let street = parts.next().unwrap_or("");
     let area: Vec<String> = parts.flat_map(|p| clean(p, &name_words, true)).collect();
     let intersection = street.contains('&') || street.contains('/') || street.contains(" AND ");
-    if !intersection && let Some((block, name)) = block_address(street, &name_words) {
-        if !name.is_empty() {
-            return match block {
-                Some(n) => format!("{n} block of {}", name.join(" ")),
-                None => name.join(" "),
-            };
-        }
+    if !intersection
+        && let Some((block, name)) = block_address(street, &name_words)
+        && !name.is_empty()
+    {
+        return match block {
+            Some(n) => format!("{n} block of {}", name.join(" ")),
+            None => name.join(" "),
+        };
     }
     if !area.is_empty() {
         return area.join(" ");
