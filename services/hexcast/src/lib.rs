@@ -24,8 +24,23 @@ pub fn runtime(cfg: &Config) -> Runtime {
     Runtime::new(cfg.kafka.clone(), cfg.runner.clone())
 }
 
+/// How long start-up waits for the cluster to answer before it gives up.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Checks that the cluster answers with the configured address and security settings,
+/// failing with a message that names authentication, TLS or reachability; called before
+/// anything else talks to Kafka, so a wrong password never turns into quiet retries.
+pub async fn check_kafka(cfg: &Config) -> anyhow::Result<()> {
+    let kafka = cfg.kafka.clone();
+    tokio::task::spawn_blocking(move || hexcast_runtime::check_connection(&kafka, CONNECT_TIMEOUT))
+        .await
+        .map_err(|e| anyhow::anyhow!("kafka connection check did not finish: {e}"))??;
+    Ok(())
+}
+
 /// Creates the pipeline's topics on a real cluster (idempotent).
 pub async fn create_topics(cfg: &Config) -> anyhow::Result<()> {
+    check_kafka(cfg).await?;
     let rt = runtime(cfg);
     let specs = hexcast_runtime::specs(&rt.names, &cfg.topics);
     hexcast_runtime::ensure_topics(&cfg.kafka, &specs, replication(&cfg.topics)).await

@@ -185,6 +185,7 @@ pub async fn start_with_review(
     review_service: Option<(Tokens, tokio::net::TcpListener)>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
+    crate::check_kafka(cfg).await?;
     let (review_tokens, mut review_listener) = match review_service {
         Some((t, l)) => (Some(t), Some(l)),
         None => (None, None),

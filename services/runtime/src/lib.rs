@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod changelog;
 pub mod config;
+pub mod preflight;
 pub mod runner;
 pub mod shutdown;
 pub mod telemetry;
@@ -13,7 +14,11 @@ pub mod topics;
 
 pub use broker::EmbeddedBroker;
 pub use changelog::{ChangelogRecord, PartitionedRecord, fence_stage, read_changelog, read_changelog_partitioned};
-pub use config::{Delivery, KafkaConfig, MetricsConfig, RunnerConfig, TopicsConfig};
+pub use config::{
+    Delivery, KafkaConfig, KafkaSecurity, MetricsConfig, RunnerConfig, SaslMechanism, SecurityProtocol,
+    SecuritySection, TopicsConfig,
+};
+pub use preflight::{ConnectError, check_connection, client_config};
 pub use runner::{Clock, FaultInjection, Runtime, StageHandle, group_id, spawn_stage, system_clock, transactional_id};
 pub use telemetry::StageStats;
 pub use topics::{TopicNames, TopicSpec, ensure_topics, specs};
