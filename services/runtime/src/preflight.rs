@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 
 use crate::config::{KafkaConfig, SecurityProtocol};
 
@@ -88,7 +89,12 @@ impl ClientContext for Watch {
     }
 }
 
-impl ConsumerContext for Watch {}
+// A producer, because its poll hands error events to `ClientContext::error` with
+// librdkafka's reason text; a consumer's poll returns them as bare codes.
+impl ProducerContext for Watch {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &DeliveryResult<'_>, (): ()) {}
+}
 
 /// Connects to the cluster with `kafka`'s settings and fetches metadata; fails at the first
 /// authentication or TLS error, or after `timeout` without an answer. Blocking: call it
@@ -97,14 +103,15 @@ pub fn check_connection(kafka: &KafkaConfig, timeout: Duration) -> Result<(), Co
     let mut cfg = client_config(kafka);
     // Retry connecting quickly: the check waits for the first answer, not for a backoff.
     cfg.set("reconnect.backoff.ms", "100").set("reconnect.backoff.max.ms", "1000");
-    let consumer: BaseConsumer<Watch> = cfg.create_with_context(Watch::default()).map_err(ConnectError::Config)?;
+    let client: BaseProducer<Watch> = cfg.create_with_context(Watch::default()).map_err(ConnectError::Config)?;
     let brokers = kafka.brokers.clone();
     let protocol = kafka.security.as_ref().map_or(SecurityProtocol::Plaintext, |s| s.protocol()).to_string();
     let start = Instant::now();
     loop {
         let step = timeout.saturating_sub(start.elapsed()).min(Duration::from_millis(500));
-        let fetched = consumer.client().fetch_metadata(None, step);
-        match consumer.context().failure() {
+        let fetched = client.client().fetch_metadata(None, step);
+        client.poll(Duration::ZERO); // serves the error events
+        match client.context().failure() {
             Some((Failure::Authentication, detail)) => {
                 let login = match kafka.security.as_ref().and_then(|s| s.sasl_mechanism().map(|m| (s, m))) {
                     Some((s, m)) => match s.sasl_username() {
@@ -121,7 +128,7 @@ pub fn check_connection(kafka: &KafkaConfig, timeout: Duration) -> Result<(), Co
         match fetched {
             Ok(_) => return Ok(()),
             Err(e) if start.elapsed() >= timeout => {
-                let detail = consumer.context().last().unwrap_or_else(|| e.to_string());
+                let detail = client.context().last().unwrap_or_else(|| e.to_string());
                 return Err(ConnectError::Unreachable { brokers, protocol, waited_ms: timeout.as_millis(), detail });
             }
             Err(_) => {}

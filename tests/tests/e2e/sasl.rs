@@ -13,7 +13,6 @@ use hexcast_core::{LatLng, Topic, header};
 use hexcast_proto::v1 as pb;
 use hexcast_push::Tokens;
 use hexcast_runtime::{KafkaSecurity, Runtime, SaslMechanism, SecurityProtocol, SecuritySection};
-use rdkafka::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -245,6 +244,7 @@ async fn sasl_ssl_wrong_password_fails_at_start_naming_authentication() {
         .expect("a wrong password must fail the start");
     let msg = format!("{err:#}");
     assert!(msg.contains("kafka authentication failed"), "{msg}");
+    eprintln!("start failed as it must: {msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,4 +257,5 @@ async fn sasl_ssl_broker_certificate_from_another_ca_fails_at_start_naming_tls()
     let err = hexcast::create_topics(&cfg).await.expect_err("an untrusted broker must fail the start");
     let msg = format!("{err:#}");
     assert!(msg.contains("tls handshake failed"), "{msg}");
+    eprintln!("start failed as it must: {msg}");
 }
