@@ -175,7 +175,8 @@ pub async fn start(
 }
 
 /// [`start`], with the review target's tokens (overriding `review.tokens_file`) and
-/// listener given (tests).
+/// listener given (tests). The cluster connection is checked beside the start
+/// ([`crate::when_connected`]): a wrong password fails the start saying so.
 pub async fn start_with_review(
     cfg: &Config,
     rt: &Runtime,
@@ -185,7 +186,20 @@ pub async fn start_with_review(
     review_service: Option<(Tokens, tokio::net::TcpListener)>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
-    crate::check_kafka(cfg).await?;
+    let check = crate::spawn_kafka_check(cfg);
+    let started = start_targets(cfg, rt, targets, tokens, listener, review_service, shutdown).await;
+    crate::when_connected(check, started).await
+}
+
+async fn start_targets(
+    cfg: &Config,
+    rt: &Runtime,
+    targets: &[Target],
+    tokens: Option<Tokens>,
+    listener: Option<tokio::net::TcpListener>,
+    review_service: Option<(Tokens, tokio::net::TcpListener)>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
     let (review_tokens, mut review_listener) = match review_service {
         Some((t, l)) => (Some(t), Some(l)),
         None => (None, None),
