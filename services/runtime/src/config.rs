@@ -733,7 +733,7 @@ mod tests {
             (format!("protocol = \"ssl\"\n{pw}"), vec!["sasl_password_file", "does not apply", "ssl"]),
             (format!("protocol = \"sasl_plaintext\"\nsasl_mechanism = \"SCRAM-SHA-256\"\nsasl_username = \"u\"\n{pw}\nca_file = {:?}", password.0), vec!["ca_file", "does not apply"]),
             (
-                format!("protocol = \"sasl_ssl\"\nsasl_mechanism = \"OAUTHBEARER\"\nsasl_username = \"u\""),
+                "protocol = \"sasl_ssl\"\nsasl_mechanism = \"OAUTHBEARER\"\nsasl_username = \"u\"".to_owned(),
                 vec!["sasl_username", "does not apply", "OAUTHBEARER"],
             ),
             (format!("protocol = \"ssl\"\ncert_file = {:?}", password.0), vec!["key_file", "required"]),

@@ -238,10 +238,11 @@ async fn sasl_ssl_wrong_password_fails_at_start_naming_authentication() {
     let rt = hexcast::runtime(&cfg);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let tokens = Tokens::new([("alpha".to_owned(), "alpha-token-0123456789".to_owned())]);
-    let err = hexcast::start(&cfg, &rt, &Target::ALL, Some(tokens), Some(listener), CancellationToken::new())
-        .await
-        .err()
-        .expect("a wrong password must fail the start");
+    let Err(err) =
+        hexcast::start(&cfg, &rt, &Target::ALL, Some(tokens), Some(listener), CancellationToken::new()).await
+    else {
+        panic!("a wrong password must fail the start");
+    };
     let msg = format!("{err:#}");
     assert!(msg.contains("kafka authentication failed"), "{msg}");
     eprintln!("start failed as it must: {msg}");
