@@ -108,9 +108,11 @@ pub fn check_connection(kafka: &KafkaConfig, timeout: Duration) -> Result<(), Co
     let protocol = kafka.security.as_ref().map_or(SecurityProtocol::Plaintext, |s| s.protocol()).to_string();
     let start = Instant::now();
     loop {
-        let step = timeout.saturating_sub(start.elapsed()).min(Duration::from_millis(500));
+        let step = timeout.saturating_sub(start.elapsed()).min(Duration::from_millis(400));
         let fetched = client.client().fetch_metadata(None, step);
-        client.poll(Duration::ZERO); // serves the error events
+        // Serves queued events for a while: one poll serves one event, and log lines of
+        // every reconnect queue up in front of the error events.
+        client.poll(Duration::from_millis(100));
         match client.context().failure() {
             Some((Failure::Authentication, detail)) => {
                 let login = match kafka.security.as_ref().and_then(|s| s.sasl_mechanism().map(|m| (s, m))) {
