@@ -8,7 +8,12 @@
 #   scripts/kafka.sh resume          start again on the data dir of an earlier start,
 #                                    keeping every topic, offset and transaction
 #   scripts/kafka.sh stop            SIGTERM, then SIGKILL after a timeout
+#   scripts/kafka.sh kill            SIGKILL at once, as a crash would (fault runs);
+#                                    the pid file is left behind, as a crash leaves it
 #   scripts/kafka.sh status          exit 0 if running, 3 if not
+#   scripts/kafka.sh client-info     key=value lines a client needs (bootstrap,
+#                                    security protocol, SASL user and password file,
+#                                    CA, client certificate, Java client properties)
 #   scripts/kafka.sh version         Kafka version of the (cached) jars
 #   scripts/kafka.sh run-class CLASS [ARGS...]
 #                                    any class from the jars, e.g.
@@ -27,6 +32,14 @@
 #   HEXCAST_KAFKA_STOP_TIMEOUT       seconds before SIGKILL on stop (default 30)
 #   HEXCAST_KAFKA_EXTRA_PROPS        extra server.properties lines (key=value,
 #                                    newline-separated); they win over ours
+#   HEXCAST_KAFKA_SECURITY           plaintext (default) or sasl_ssl: the client
+#                                    listener then accepts only SASL_SSL with
+#                                    SCRAM-SHA-512. A CA, a broker and a client
+#                                    certificate are made with openssl in DATA/tls, the
+#                                    SCRAM users `hexcast` (for clients) and `admin`
+#                                    (inter-broker) are added at format time, their
+#                                    passwords in DATA/scram/*.password. `resume` keeps
+#                                    the mode the data dir was started with.
 #
 # Progress and diagnostics go to stderr; stdout carries only what a caller may
 # want to capture (the bootstrap address, the version, tool output).
@@ -45,6 +58,7 @@ LOG_LEVEL="${HEXCAST_KAFKA_LOG_LEVEL:-INFO}"
 START_TIMEOUT="${HEXCAST_KAFKA_START_TIMEOUT:-90}"
 STOP_TIMEOUT="${HEXCAST_KAFKA_STOP_TIMEOUT:-30}"
 EXTRA_PROPS="${HEXCAST_KAFKA_EXTRA_PROPS:-}"
+SECURITY="${HEXCAST_KAFKA_SECURITY:-}"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 POM="$SCRIPT_DIR/kafka/pom.xml"
@@ -58,6 +72,14 @@ CONFIG="$DATA_DIR/server.properties"
 # HEXCAST_KAFKA_DATA cannot delete somebody's files.
 DATA_MARKER="$DATA_DIR/.hexcast-kafka"
 BOOTSTRAP="127.0.0.1:$PORT"
+# sasl_ssl material, all inside the data dir (wiped with it on the next start).
+SECURITY_FILE="$DATA_DIR/security"
+TLS_DIR="$DATA_DIR/tls"
+SCRAM_DIR="$DATA_DIR/scram"
+SCRAM_MECHANISM=SCRAM-SHA-512
+CLIENT_USER=hexcast
+ADMIN_USER=admin
+CLIENT_PROPS="$DATA_DIR/client.properties"
 # For the short-lived helper JVMs of `start` (format, readiness check): C1
 # only and the serial GC start about 0.4 s faster each. Not for run-class,
 # whose perf tools need the full JIT.
@@ -77,6 +99,8 @@ since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; 
 # transaction does not pay for that (or time out on it).
 READY_CLASS=HexcastKafkaReady
 READY_SRC=$(cat <<'JAVA'
+import java.io.FileInputStream;
+import java.io.InputStream;
 import java.util.List;
 import java.util.Properties;
 import java.util.concurrent.ExecutionException;
@@ -97,6 +121,12 @@ public class HexcastKafkaReady {
         p.put("retry.backoff.ms", "100");
         p.put("reconnect.backoff.ms", "100");
         p.put("reconnect.backoff.max.ms", "500");
+        if (args.length > 2) {
+            // Security settings of a secured listener (client.properties).
+            try (InputStream in = new FileInputStream(args[2])) {
+                p.load(in);
+            }
+        }
         String probe = "hexcast-ready-probe";
         Exception last = null;
         try (Admin admin = Admin.create(p)) {
@@ -278,17 +308,147 @@ prepare_data_dir() {
   touch "$DATA_MARKER"
 }
 
+# The security mode of this start: the environment's for a fresh start; for
+# resume, the one the data dir was started with (its SCRAM users and
+# certificates exist only for that mode).
+resolve_security() {
+  local keep=$1 recorded=""
+  [[ -f "$SECURITY_FILE" ]] && recorded=$(<"$SECURITY_FILE")
+  if [[ -n "$keep" && -n "$recorded" ]]; then
+    [[ -z "$SECURITY" || "$SECURITY" == "$recorded" ]] \
+      || die "$DATA_DIR was started with HEXCAST_KAFKA_SECURITY=$recorded, not $SECURITY"
+    SECURITY=$recorded
+  fi
+  SECURITY=${SECURITY:-plaintext}
+  case "$SECURITY" in
+    plaintext | sasl_ssl) ;;
+    *) die "HEXCAST_KAFKA_SECURITY=$SECURITY (expected plaintext or sasl_ssl)" ;;
+  esac
+}
+
+# 24 characters from [A-Za-z0-9]: safe inside JAAS quotes and --add-scram's
+# [name=...,password=...] syntax.
+new_password() {
+  local pw=""
+  while ((${#pw} < 24)); do
+    pw+=$(head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
+  done
+  printf '%s' "${pw:0:24}"
+}
+
+# A throwaway CA, a broker certificate for 127.0.0.1/localhost and a client
+# certificate (for clients that present one: the listener requests it), all
+# PEM. Keys are unencrypted PKCS#8, which both Kafka's PEM key store and
+# librdkafka read; they live in the data dir and die with it.
+make_tls_material() {
+  command -v openssl >/dev/null || die "openssl not found (needed for HEXCAST_KAFKA_SECURITY=sasl_ssl)"
+  mkdir -p "$TLS_DIR"
+  # (set -e does not reach into a subshell whose status is tested: hence the
+  # explicit exits.)
+  (
+    cd "$TLS_DIR" || exit 1
+    umask 077
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -keyout ca.key -out ca.pem \
+      -subj "/CN=hexcast test CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" || exit 1
+    for who in broker client; do
+      cn=localhost usage=serverAuth,clientAuth
+      [[ $who == client ]] && { cn=$CLIENT_USER; usage=clientAuth; }
+      openssl req -newkey rsa:2048 -nodes -keyout "$who.key" -out "$who.csr" -subj "/CN=$cn" || exit 1
+      openssl x509 -req -in "$who.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+        -out "$who.pem" -extfile <(printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=%s\n' "$usage") || exit 1
+      rm -f "$who.csr"
+    done
+    # Kafka's PEM key store: the key, then the chain, in one file.
+    cat broker.key broker.pem ca.pem >broker-keystore.pem || exit 1
+    # The CA is public; clients of other users may read it.
+    chmod 644 ca.pem
+  ) >"$DATA_DIR/tls.log" 2>&1 || { cat "$DATA_DIR/tls.log" >&2; die "making the TLS material failed"; }
+}
+
+make_scram_passwords() {
+  mkdir -p "$SCRAM_DIR"
+  (
+    umask 077
+    new_password >"$SCRAM_DIR/$CLIENT_USER.password"
+    new_password >"$SCRAM_DIR/$ADMIN_USER.password"
+  )
+}
+
+# --add-scram arguments of the format step: the users exist from the first
+# metadata record on, so the inter-broker login works on the first start.
+scram_format_args() {
+  local user
+  for user in "$CLIENT_USER" "$ADMIN_USER"; do
+    printf '%s\n' --add-scram "$SCRAM_MECHANISM=[name=$user,password=$(<"$SCRAM_DIR/$user.password")]"
+  done
+}
+
+jaas_line() {
+  printf 'org.apache.kafka.common.security.scram.ScramLoginModule required username="%s" password="%s";' \
+    "$1" "$(<"$SCRAM_DIR/$1.password")"
+}
+
+# The listeners part of server.properties, by mode.
+listener_config() {
+  if [[ "$SECURITY" == sasl_ssl ]]; then
+    # The broker talks to itself (transaction markers, for one) over the one
+    # client listener too, as the admin user: nothing but the controller
+    # listener is ever plaintext.
+    cat <<EOF
+listeners=SASL_SSL://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=SASL_SSL://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=SASL_SSL
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=$SCRAM_MECHANISM
+sasl.mechanism.inter.broker.protocol=$SCRAM_MECHANISM
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$(jaas_line "$ADMIN_USER")
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS_DIR/broker-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.pem
+# Clients may present a certificate (it must then be signed by the CA); SASL
+# is what every client must pass.
+ssl.client.auth=requested
+EOF
+  else
+    cat <<EOF
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+EOF
+  fi
+}
+
+# Java client settings for the listener (readiness check, run-class tools
+# with --command-config / --producer.config).
+write_client_properties() {
+  if [[ "$SECURITY" == sasl_ssl ]]; then
+    (
+      umask 077
+      cat >"$CLIENT_PROPS" <<EOF
+security.protocol=SASL_SSL
+sasl.mechanism=$SCRAM_MECHANISM
+sasl.jaas.config=$(jaas_line "$CLIENT_USER")
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.pem
+EOF
+    )
+  else
+    printf 'security.protocol=PLAINTEXT\n' >"$CLIENT_PROPS"
+  fi
+}
+
 write_config() {
   cat >"$CONFIG" <<EOF
 # Written by scripts/kafka.sh for a single-node test broker; rewritten on every start.
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+$(listener_config)
 log.dirs=$DATA_DIR/logs
 
 # One broker: every internal topic must fit on it.
@@ -330,6 +490,7 @@ log.cleaner.backoff.ms=1000
 log.cleaner.dedupe.buffer.size=33554432
 log.initial.task.delay.ms=1000
 EOF
+  write_client_properties
   if [[ -n "$EXTRA_PROPS" ]]; then
     # Later keys override earlier ones in a properties file.
     printf '\n# From HEXCAST_KAFKA_EXTRA_PROPS\n%s\n' "$EXTRA_PROPS" >>"$CONFIG"
@@ -366,6 +527,12 @@ cmd_start() {
     fi
   done
 
+  # A broker killed with SIGKILL leaves its pid file behind. Left in place, the
+  # watch below could read that dead pid before the new broker writes its own
+  # and report "broker exited during startup" while the new one runs.
+  rm -f "$PID_FILE"
+
+  resolve_security "$keep"
   if [[ -n "$keep" ]]; then
     # resume: the formatted log dir of an earlier start, kept as it is.
     [[ -f "$DATA_MARKER" && -f "$DATA_DIR/logs/meta.properties" ]] \
@@ -373,6 +540,13 @@ cmd_start() {
     write_config
   else
     prepare_data_dir
+    echo "$SECURITY" >"$SECURITY_FILE"
+    local format_args=()
+    if [[ "$SECURITY" == sasl_ssl ]]; then
+      make_tls_material
+      make_scram_passwords
+      mapfile -t format_args < <(scram_format_args)
+    fi
     write_config
 
     local cluster_id
@@ -380,7 +554,7 @@ cmd_start() {
     # --standalone makes this node the sole voter of a dynamic quorum, which
     # is what controller.quorum.bootstrap.servers (vs. .voters) calls for.
     java "${SHORT_JVM[@]}" -cp "$LIB/*" kafka.tools.StorageTool \
-      format --standalone -t "$cluster_id" -c "$CONFIG" >"$DATA_DIR/format.log" 2>&1 \
+      format --standalone -t "$cluster_id" -c "$CONFIG" "${format_args[@]}" >"$DATA_DIR/format.log" 2>&1 \
       || { cat "$DATA_DIR/format.log" >&2; die "storage format failed"; }
   fi
 
@@ -403,7 +577,7 @@ cmd_start() {
   # fast if it dies (bad config, port race) rather than sit out the timeout.
   local budget=$((START_TIMEOUT - (SECONDS - t0)))
   ((budget > 5)) || budget=5
-  java "${SHORT_JVM[@]}" -cp "$READY_DIR:$LIB/*" "$READY_CLASS" "$BOOTSTRAP" "$budget" \
+  java "${SHORT_JVM[@]}" -cp "$READY_DIR:$LIB/*" "$READY_CLASS" "$BOOTSTRAP" "$budget" "$CLIENT_PROPS" \
     >/dev/null 2>"$DATA_DIR/ready.log" &
   local checker=$! deadline=$((SECONDS + budget + 5))
   pid=""
@@ -416,6 +590,9 @@ cmd_start() {
       start_failed "$pid" "broker exited during startup"
     fi
     if [[ -z "$pid" ]] && ! kill -0 "$launcher" 2>/dev/null; then
+      # The launcher may have written the pid just before it exec'd and the
+      # broker died, or setsid may have forked: look once more.
+      [[ -s "$PID_FILE" ]] && continue
       kill "$checker" 2>/dev/null || true
       start_failed "" "broker exited at once"
     fi
@@ -432,8 +609,28 @@ cmd_start() {
   [[ -n "$pid" ]] || pid=$(<"$PID_FILE")
 
   log "Kafka $(jar_version || echo "$KAFKA_VERSION") ready at $BOOTSTRAP" \
-    "(pid $pid, data $DATA_DIR, $(since "$t0_real")s)"
+    "(pid $pid, $SECURITY, data $DATA_DIR, $(since "$t0_real")s)"
+  if [[ "$SECURITY" != plaintext ]]; then
+    log "a client needs (also: $0 client-info):"
+    client_info | sed 's/^/  /' >&2
+  fi
   echo "$BOOTSTRAP"
+}
+
+client_info() {
+  echo "bootstrap=$BOOTSTRAP"
+  if [[ "$SECURITY" == sasl_ssl ]]; then
+    echo "security_protocol=SASL_SSL"
+    echo "sasl_mechanism=$SCRAM_MECHANISM"
+    echo "sasl_username=$CLIENT_USER"
+    echo "sasl_password_file=$SCRAM_DIR/$CLIENT_USER.password"
+    echo "ca_file=$TLS_DIR/ca.pem"
+    echo "cert_file=$TLS_DIR/client.pem"
+    echo "key_file=$TLS_DIR/client.key"
+  else
+    echo "security_protocol=PLAINTEXT"
+  fi
+  echo "java_client_properties=$CLIENT_PROPS"
 }
 
 start_failed() {
@@ -462,6 +659,25 @@ cmd_stop() {
   terminate "$pid"
   rm -f "$PID_FILE"
   log "stopped broker pid $pid ($(since "$t0")s)"
+}
+
+# SIGKILL, for fault runs: no shutdown hooks, no controlled shutdown, open
+# transactions left hanging, the pid file left stale; `resume` starts again.
+cmd_kill() {
+  local pid
+  if ! pid=$(running_pid); then
+    log "no broker running for $DATA_DIR"
+    return 0
+  fi
+  kill -KILL "$pid" 2>/dev/null || true
+  wait_gone "$pid" 10 || die "broker pid $pid survived SIGKILL"
+  log "killed broker pid $pid (SIGKILL)"
+}
+
+cmd_client_info() {
+  [[ -f "$SECURITY_FILE" ]] || die "no broker was started in $DATA_DIR"
+  resolve_security keep
+  client_info
 }
 
 cmd_status() {
@@ -501,6 +717,8 @@ case "${1:-}" in
   start) cmd_start ;;
   resume) cmd_start keep ;;
   stop) cmd_stop ;;
+  kill) cmd_kill ;;
+  client-info) cmd_client_info ;;
   status) cmd_status ;;
   version) cmd_version ;;
   run-class) shift; cmd_run_class "$@" ;;

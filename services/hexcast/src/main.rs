@@ -103,7 +103,9 @@ async fn run(config: Option<PathBuf>, target: &str, sets: &[String]) -> anyhow::
         None => None,
     };
     let rt = hexcast::runtime(&cfg);
-    let running = hexcast::targets::start_prepared(&cfg, &rt, &targets, prepared, None, None, shutdown.clone()).await?;
+    let check = hexcast::spawn_kafka_check(&cfg);
+    let started = hexcast::targets::start_prepared(&cfg, &rt, &targets, prepared, None, None, shutdown.clone()).await;
+    let running = hexcast::when_connected(check, started).await?;
     tracing::info!(targets = %target, "hexcast running");
     // SERVING only while every stage holds partitions and the index has caught up; a stage
     // that dies on its own is fatal for the process: stop the rest and exit non-zero.

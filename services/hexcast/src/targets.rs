@@ -290,7 +290,8 @@ pub fn prepare(
 }
 
 /// [`start`], with the review target's tokens (overriding `review.tokens_file`) and
-/// listener given (tests).
+/// listener given (tests). The cluster connection is checked beside the start
+/// ([`crate::when_connected`]): a wrong password fails the start saying so.
 pub async fn start_with_review(
     cfg: &Config,
     rt: &Runtime,
@@ -305,7 +306,9 @@ pub async fn start_with_review(
         None => (None, None),
     };
     let prepared = prepare(cfg, targets, tokens, review_tokens)?;
-    start_prepared(cfg, rt, targets, prepared, listener, review_listener, shutdown).await
+    let check = crate::spawn_kafka_check(cfg);
+    let started = start_prepared(cfg, rt, targets, prepared, listener, review_listener, shutdown).await;
+    crate::when_connected(check, started).await
 }
 
 /// Starts `targets` from a checked configuration: the pipeline, top to bottom.

@@ -11,6 +11,7 @@ pub mod changelog;
 pub mod clock;
 pub mod config;
 pub mod follower;
+pub mod preflight;
 pub mod reader;
 pub mod restore;
 pub mod runner;
@@ -21,8 +22,12 @@ pub mod writer;
 
 pub use broker::EmbeddedBroker;
 pub use changelog::{ChangelogRecord, PartitionedRecord, fence_stage, read_changelog, read_changelog_partitioned};
-pub use config::{Delivery, KafkaConfig, MetricsConfig, RunnerConfig, TopicsConfig};
+pub use config::{
+    Delivery, KafkaConfig, KafkaSecurity, MetricsConfig, RunnerConfig, SaslMechanism, SecurityProtocol,
+    SecuritySection, TopicsConfig,
+};
 pub use follower::{FollowerStatus, Partitions, Table, follow};
+pub use preflight::{ConnectError, check_connection, client_config};
 pub use reader::{PartitionReader, ReadError, ReadRecord, StartAt};
 pub use restore::restoring;
 pub use runner::{Clock, FaultInjection, Runtime, StageHandle, group_id, spawn_stage, system_clock, transactional_id};

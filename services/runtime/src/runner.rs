@@ -62,14 +62,10 @@ impl Runtime {
         Self { kafka, runner, names, clock: system_clock() }
     }
 
-    /// A client config with the brokers and the extra client properties.
+    /// A client config with the brokers, the security settings and the extra client
+    /// properties ([`KafkaConfig::client_properties`]).
     pub fn client_config(&self) -> ClientConfig {
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &self.kafka.brokers);
-        for (k, v) in &self.kafka.client {
-            cfg.set(k, v);
-        }
-        cfg
+        crate::preflight::client_config(&self.kafka)
     }
 
     /// A consumer config: the client config plus the consumer-only properties.

@@ -90,11 +90,7 @@ pub fn specs(names: &TopicNames, cfg: &TopicsConfig) -> Vec<TopicSpec> {
 
 /// The names of the topics the cluster has (from its metadata).
 pub fn existing_topics(kafka: &KafkaConfig) -> anyhow::Result<Vec<String>> {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &kafka.brokers);
-    for (k, v) in &kafka.client {
-        cfg.set(k, v);
-    }
+    let cfg = crate::preflight::client_config(kafka);
     let consumer: rdkafka::consumer::BaseConsumer = cfg.create().context("creating metadata client")?;
     let md = consumer.fetch_metadata(None, Duration::from_secs(30)).context("reading cluster metadata")?;
     Ok(md.topics().iter().map(|t| t.name().to_owned()).collect())
@@ -102,11 +98,7 @@ pub fn existing_topics(kafka: &KafkaConfig) -> anyhow::Result<Vec<String>> {
 
 /// Creates missing topics on a real cluster; existing topics are left as they are.
 pub async fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec], replication: i32) -> anyhow::Result<()> {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &kafka.brokers);
-    for (k, v) in &kafka.client {
-        cfg.set(k, v);
-    }
+    let cfg = crate::preflight::client_config(kafka);
     let admin: AdminClient<DefaultClientContext> = cfg.create().context("creating Kafka admin client")?;
     let retention: Vec<String> = specs.iter().map(|s| s.retention_ms.to_string()).collect();
     let new_topics: Vec<NewTopic<'_>> = specs

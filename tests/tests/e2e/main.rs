@@ -15,4 +15,5 @@ mod requests;
 mod resume;
 mod review;
 mod runner_crash;
+mod sasl;
 mod streams;
