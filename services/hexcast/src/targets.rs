@@ -10,7 +10,7 @@ use hexcast_dedup::{Dedup, DedupConfig};
 use hexcast_ingest::Ingest;
 use hexcast_policy::{Policy, PolicyConfig};
 use hexcast_push::{PushHandle, Tokens};
-use hexcast_runtime::{FaultInjection, Runtime, StageHandle, spawn_stage};
+use hexcast_runtime::{Runtime, StageHandle, spawn_stage};
 use hexcast_spatial::Spatial;
 use tokio_util::sync::CancellationToken;
 
@@ -200,24 +200,23 @@ pub async fn start_with_review(
     let mut review = None;
     for &target in targets {
         let s = shutdown.child_token();
-        let none = FaultInjection::default();
         let handle = match target {
             Target::Ingest => {
                 let i = ingest.clone();
-                spawn_stage(rt, Topic::Raw, move || i.clone(), s, none)?
+                spawn_stage(rt, Topic::Raw, move || i.clone(), s)?
             }
             Target::Dedup => {
                 cfg.dedup.validate()?;
                 let factory = dedup_factory(rt, &cfg.dedup, s.clone());
-                spawn_stage(rt, Topic::Normalized, factory, s, none)?
+                spawn_stage(rt, Topic::Normalized, factory, s)?
             }
             Target::Policy => {
                 let p = policy.clone();
-                spawn_stage(rt, Topic::Unique, move || Policy::new(p.clone()), s, none)?
+                spawn_stage(rt, Topic::Unique, move || Policy::new(p.clone()), s)?
             }
             Target::Spatial => {
                 let geo = cfg.geo;
-                spawn_stage(rt, Topic::Alerts, move || Spatial::new(geo, shards), s, none)?
+                spawn_stage(rt, Topic::Alerts, move || Spatial::new(geo, shards), s)?
             }
             Target::Review => {
                 let tokens = match (&review_tokens, &cfg.review.tokens_file) {

@@ -19,7 +19,7 @@ use hexcast_proto::v1::assets_server::AssetsServer;
 use hexcast_proto::v1::push_server::PushServer;
 use hexcast_proto::v1::requests_server::RequestsServer;
 use hexcast_proto::v1::subscriptions_server::SubscriptionsServer;
-use hexcast_runtime::{FaultInjection, Runtime, StageHandle, spawn_stage};
+use hexcast_runtime::{Runtime, StageHandle, spawn_stage};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -236,7 +236,6 @@ pub async fn start(
                     .with_assets(Arc::clone(&assets), Arc::clone(&rules))
             },
             shutdown.clone(),
-            FaultInjection::default(),
         )?
     };
 

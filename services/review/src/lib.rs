@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use hexcast_core::{Topic, header};
 use hexcast_proto::v1::review_server::ReviewServer;
 use hexcast_push::Tokens;
-use hexcast_runtime::{FaultInjection, Runtime, StageHandle, spawn_stage};
+use hexcast_runtime::{Runtime, StageHandle, spawn_stage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -125,7 +125,6 @@ pub async fn start(
         Topic::Review,
         factory(rt, Arc::clone(&pending), shutdown.clone()),
         shutdown.clone(),
-        FaultInjection::default(),
     )?;
     let producer: FutureProducer = rt
         .client_config()

@@ -14,6 +14,10 @@ pub mod topics;
 pub use broker::EmbeddedBroker;
 pub use changelog::{ChangelogRecord, PartitionedRecord, fence_stage, read_changelog, read_changelog_partitioned};
 pub use config::{Delivery, KafkaConfig, MetricsConfig, RunnerConfig, TopicsConfig};
-pub use runner::{Clock, FaultInjection, Runtime, StageHandle, group_id, spawn_stage, system_clock, transactional_id};
+pub use runner::{
+    Clock, Runtime, StageHandle, group_id, group_instance_id, spawn_stage, system_clock, transactional_id,
+};
+#[cfg(feature = "fault-injection")]
+pub use runner::{FaultInjection, spawn_stage_with_faults};
 pub use telemetry::StageStats;
 pub use topics::{TopicNames, TopicSpec, ensure_topics, specs};

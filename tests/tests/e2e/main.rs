@@ -8,6 +8,7 @@ mod hostile;
 mod interop;
 mod lifecycle;
 mod load_bench;
+mod oversized;
 mod pipeline;
 mod requests;
 mod resume;
