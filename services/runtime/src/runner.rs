@@ -341,6 +341,8 @@ const TXN_SLICE: Duration = Duration::from_millis(500);
 /// How long a batch in flight may still take once shutdown is requested: SIGTERM must end
 /// the process within 10 s even when the broker does not answer.
 const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);
+/// Pause between two polls for delivery reports while outputs are in flight.
+const DRAIN_PAUSE: Duration = Duration::from_micros(250);
 /// Room left in a record for the framing librdkafka counts in `message.max.bytes`.
 const RECORD_OVERHEAD_BYTES: usize = 4096;
 
@@ -523,7 +525,8 @@ impl Session {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    self.producer.poll(Duration::from_millis(5));
+                    self.producer.poll(Duration::ZERO);
+                    std::thread::sleep(DRAIN_PAUSE);
                     record = back;
                 }
                 Err((e, _)) => return Err(e),
@@ -546,23 +549,28 @@ impl Session {
         Ok(())
     }
 
-    /// Serves delivery reports in 1 ms polls until nothing is in flight. rust-rdkafka's own
-    /// flush (called by `commit_transaction`) polls in 100 ms slices and so made every
-    /// transaction last at least 100 ms; after this it returns at once.
+    /// Serves delivery reports until nothing is in flight. rust-rdkafka's own flush (called
+    /// by `commit_transaction`) polls in 100 ms slices and so made every transaction last at
+    /// least 100 ms; after this it returns at once. rust-rdkafka's timed poll spins for the
+    /// last sub-millisecond of its deadline, so this polls without waiting and sleeps briefly
+    /// between polls instead.
     fn drain(&self, stop: &Stop) -> Result<(), BatchError> {
         // One non-blocking flush tells librdkafka's broker threads to send what is queued now.
         let _ = self.producer.flush(Duration::ZERO);
         let started = Instant::now();
-        while self.producer.in_flight_count() > 0 {
+        loop {
+            self.producer.poll(Duration::ZERO);
+            if self.producer.in_flight_count() == 0 {
+                return Ok(());
+            }
             if stop.overdue() {
                 return Err(BatchError::Shutdown);
             }
             if started.elapsed() >= TXN_TIMEOUT {
                 return Err(BatchError::Retry(anyhow::anyhow!("outputs not acknowledged within {TXN_TIMEOUT:?}")));
             }
-            self.producer.poll(Duration::from_millis(1));
+            std::thread::sleep(DRAIN_PAUSE);
         }
-        Ok(())
     }
 
     /// The largest refused output, if the broker refused any: only it is dead-lettered, so
