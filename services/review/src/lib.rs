@@ -120,12 +120,7 @@ pub async fn start(
 ) -> anyhow::Result<ReviewHandle> {
     anyhow::ensure!(cfg.tick_interval_ms > 0, "config key `review.tick_interval_ms`: expected at least 1");
     let pending = PendingMap::default();
-    let queue = spawn_stage(
-        rt,
-        Topic::Review,
-        factory(rt, Arc::clone(&pending), shutdown.clone()),
-        shutdown.clone(),
-    )?;
+    let queue = spawn_stage(rt, Topic::Review, factory(rt, Arc::clone(&pending), shutdown.clone()), shutdown.clone())?;
     let producer: FutureProducer = rt
         .client_config()
         .set("enable.idempotence", "true")

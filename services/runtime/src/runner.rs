@@ -171,7 +171,12 @@ impl StageHandle {
 /// Starts a stage on its own thread (stage code is synchronous; one thread per stage, never
 /// one task per message). `factory` builds the stage's state; it is called again whenever a
 /// batch is abandoned, so state never survives an uncommitted batch.
-pub fn spawn_stage<S, F>(rt: &Runtime, input: Topic, factory: F, shutdown: CancellationToken) -> anyhow::Result<StageHandle>
+pub fn spawn_stage<S, F>(
+    rt: &Runtime,
+    input: Topic,
+    factory: F,
+    shutdown: CancellationToken,
+) -> anyhow::Result<StageHandle>
 where
     F: FnMut() -> S + Send + 'static,
     S: Stage,
@@ -303,9 +308,9 @@ impl ProducerContext for DeliveryContext {
 /// transient failure worth retrying.
 fn refusal(error: &KafkaError) -> Option<bool> {
     match error {
-        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge) => {
-            Some(true)
-        }
+        KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge,
+        ) => Some(true),
         KafkaError::MessageProduction(RDKafkaErrorCode::InvalidRecord) => Some(false),
         _ => None,
     }
@@ -400,7 +405,9 @@ fn bounded(
             return Err(BatchError::Shutdown);
         }
         if started.elapsed() >= limit {
-            return Err(BatchError::Retry(anyhow::Error::new(error).context(format!("{what}: no answer in {limit:?}"))));
+            return Err(BatchError::Retry(
+                anyhow::Error::new(error).context(format!("{what}: no answer in {limit:?}")),
+            ));
         }
     }
 }
@@ -761,10 +768,7 @@ fn propagate(input: &InRecord, origin_ms: Option<i64>, out: &mut OutRecord) {
 
 /// The origin time of an input: its origin header, else its own timestamp.
 fn origin_ms(input: &InRecord, m: &rdkafka::message::OwnedMessage) -> Option<i64> {
-    input
-        .header_str(telemetry::ORIGIN_HEADER)
-        .and_then(|s| s.parse().ok())
-        .or_else(|| m.timestamp().to_millis())
+    input.header_str(telemetry::ORIGIN_HEADER).and_then(|s| s.parse().ok()).or_else(|| m.timestamp().to_millis())
 }
 
 /// Inputs whose outputs the broker refused, by (topic, partition, offset): the next try
@@ -813,7 +817,8 @@ where
         let from = Origin { topic: m.topic(), partition: m.partition(), offset: m.offset() };
         if let Some((times, refusal)) = poisoned.get(&(m.topic().to_owned(), m.partition(), m.offset())) {
             let reason = if refusal.too_large { "output_too_large" } else { "output_refused" };
-            let detail = format!("the broker refused an output of {} bytes of this record: {}", refusal.size, refusal.error);
+            let detail =
+                format!("the broker refused an output of {} bytes of this record: {}", refusal.size, refusal.error);
             tracing::error!(stage = name, reason, %detail, partition = m.partition(), offset = m.offset(), "dead-lettered record");
             if *times > 1 {
                 rec.payload = None;
@@ -1062,7 +1067,11 @@ impl LagClients {
                 .set("isolation.level", isolation)
                 .create()
         };
-        Ok(Self { offsets: client("read_uncommitted")?, ends: client("read_committed")?, topic: rt.names.name(input).to_owned() })
+        Ok(Self {
+            offsets: client("read_uncommitted")?,
+            ends: client("read_committed")?,
+            topic: rt.names.name(input).to_owned(),
+        })
     }
 
     /// Lag of each partition: last stable offset minus the committed offset (or the log

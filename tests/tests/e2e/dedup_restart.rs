@@ -103,8 +103,7 @@ async fn dedup_aborted_then_restarted_emits_no_second_new() {
     // Second life: a new instance (same instance id) restores and finishes the work.
     let shutdown = CancellationToken::new();
     let factory = hexcast::targets::dedup_factory(&rt, &cfg.dedup, shutdown.clone());
-    let second =
-        spawn_stage(&rt, Topic::Normalized, factory, shutdown.clone()).expect("spawn");
+    let second = spawn_stage(&rt, Topic::Normalized, factory, shutdown.clone()).expect("spawn");
 
     let brokers = cfg.kafka.brokers.clone();
     let out = rt.names.name(Topic::Unique).to_owned();

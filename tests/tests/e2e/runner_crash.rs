@@ -32,14 +32,14 @@ async fn runner_killed_mid_batch_then_restarted_emits_each_record_exactly_once()
 
     // First life: dies after producing its third batch, before the commit.
     let crash = FaultInjection { crash_before_commit_of_batch: Some(3), ..FaultInjection::default() };
-    let first = spawn_stage_with_faults(&rt, Topic::Raw, Ingest::default, CancellationToken::new(), crash).expect("spawn");
+    let first =
+        spawn_stage_with_faults(&rt, Topic::Raw, Ingest::default, CancellationToken::new(), crash).expect("spawn");
     let err = first.join().await.expect_err("the first life must crash");
     assert!(err.to_string().contains("injected crash"), "{err:#}");
 
     // Second life, same instance id: fences the zombie and finishes the work.
     let shutdown = CancellationToken::new();
-    let second =
-        spawn_stage(&rt, Topic::Raw, Ingest::default, shutdown.clone()).expect("spawn");
+    let second = spawn_stage(&rt, Topic::Raw, Ingest::default, shutdown.clone()).expect("spawn");
 
     let brokers = cfg.kafka.brokers.clone();
     let out = rt.names.name(Topic::Normalized).to_owned();
@@ -89,7 +89,8 @@ async fn restarted_stage_with_the_same_instance_id_resumes_without_waiting_out_i
     // First life: commits one batch, then dies before the second commit without leaving
     // the group (as a SIGKILL would).
     let crash = FaultInjection { crash_before_commit_of_batch: Some(2), ..FaultInjection::default() };
-    let first = spawn_stage_with_faults(&rt, Topic::Raw, Ingest::default, CancellationToken::new(), crash).expect("spawn");
+    let first =
+        spawn_stage_with_faults(&rt, Topic::Raw, Ingest::default, CancellationToken::new(), crash).expect("spawn");
     first.join().await.expect_err("the first life must crash");
 
     let started = std::time::Instant::now();

@@ -49,7 +49,15 @@ fn dead_letter_of_an_oversized_record_is_truncated_with_its_size_and_hash() {
 
 #[test]
 fn dead_letter_that_fits_keeps_the_whole_payload() {
-    let out = dead_letter("ingest", "malformed_json", "x".into(), &FROM, rec(b"{".to_vec(), b"k".to_vec(), vec![]), Timestamp(5), 1_000_000);
+    let out = dead_letter(
+        "ingest",
+        "malformed_json",
+        "x".into(),
+        &FROM,
+        rec(b"{".to_vec(), b"k".to_vec(), vec![]),
+        Timestamp(5),
+        1_000_000,
+    );
     let dl = pb::DeadLetter::decode(out.payload.as_deref().expect("payload")).expect("DeadLetter");
     assert!(!dl.truncated);
     assert_eq!(dl.payload, b"{");
@@ -170,7 +178,8 @@ fn mock(delivery: Delivery, name: &str) -> Mock {
     kafka.group_prefix = name.to_owned();
     kafka.instance_id = Some("unit".into());
     kafka.delivery = delivery;
-    let runner = RunnerConfig { lag_refresh_ms: 200, stall_after_secs: 1, retry_backoff_ms: 50, ..RunnerConfig::default() };
+    let runner =
+        RunnerConfig { lag_refresh_ms: 200, stall_after_secs: 1, retry_backoff_ms: 50, ..RunnerConfig::default() };
     let rt = Runtime::new(kafka, runner);
     for t in [Topic::Raw, Topic::Normalized, Topic::DeadLetter] {
         cluster.create_topic(rt.names.name(t), 1, 1).expect("topic");
@@ -188,8 +197,12 @@ async fn publish(rt: &Runtime, records: &[&str]) {
 }
 
 fn read_all(rt: &Runtime, topic: Topic, want: usize) -> Vec<rdkafka::message::OwnedMessage> {
-    let consumer: BaseConsumer =
-        rt.client_config().set("group.id", "reader").set("isolation.level", "read_uncommitted").create().expect("reader");
+    let consumer: BaseConsumer = rt
+        .client_config()
+        .set("group.id", "reader")
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .expect("reader");
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(rt.names.name(topic), 0, Offset::Beginning).expect("partition");
     consumer.assign(&tpl).expect("assign");
@@ -246,7 +259,8 @@ async fn stage_without_progress_while_input_waits_is_flagged_stalled_with_its_la
     let shutdown = CancellationToken::new();
     let hold = Arc::new(AtomicBool::new(true));
     let stage_hold = Arc::clone(&hold);
-    let h = spawn_stage(&m.rt, Topic::Raw, move || Echo { hold: Arc::clone(&stage_hold) }, shutdown.clone()).expect("spawn");
+    let h = spawn_stage(&m.rt, Topic::Raw, move || Echo { hold: Arc::clone(&stage_hold) }, shutdown.clone())
+        .expect("spawn");
     wait_for("the stall flag", || h.stats.is_stalled()).await;
     assert_eq!(h.stats.lag_records.load(Ordering::SeqCst), 3, "lag while stalled");
     assert_eq!(h.stats.batches.load(Ordering::SeqCst), 0);
