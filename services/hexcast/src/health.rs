@@ -46,6 +46,9 @@ impl Readiness {
             if stats.assigned_partitions.load(std::sync::atomic::Ordering::SeqCst) == 0 {
                 return Err(format!("stage {name} holds no partition"));
             }
+            if stats.is_stalled() {
+                return Err(format!("stage {name} is stalled: input waits and nothing was committed"));
+            }
         }
         if let Some(index) = &self.index
             && !index.is_caught_up()
@@ -135,6 +138,9 @@ mod tests {
         assert!(r.check().expect_err("index loading").contains("index"));
         index.caught_up.store(true, std::sync::atomic::Ordering::SeqCst);
         assert_eq!(r.check(), Ok(()));
+        b.stalled.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(r.check().expect_err("stalled").contains("stalled"));
+        b.stalled.store(false, std::sync::atomic::Ordering::SeqCst);
         a.assigned_partitions.store(0, std::sync::atomic::Ordering::SeqCst);
         assert!(r.check().is_err(), "a revoked stage is not ready");
     }

@@ -19,9 +19,7 @@ use hexcast_ingest::Ingest;
 use hexcast_match::{AssetIndex, Matcher, SubscriberIndex};
 use hexcast_policy::{Policy, PolicyConfig};
 use hexcast_review::{PendingMap, ReviewQueue};
-use hexcast_runtime::{
-    FaultInjection, FollowerStatus, Partitions, Runtime, StageHandle, Writer, follow, restoring, spawn_stage,
-};
+use hexcast_runtime::{FollowerStatus, Partitions, Runtime, StageHandle, Writer, follow, restoring, spawn_stage};
 use hexcast_spatial::Spatial;
 use tokio_util::sync::CancellationToken;
 
@@ -327,23 +325,22 @@ pub async fn start_prepared(
     for &target in targets {
         let s = shutdown.child_token();
         let spec = target.stage();
-        let none = FaultInjection::default();
         let handle = match target {
             Target::Ingest => {
                 let i = ingest.clone();
-                spawn_stage(rt, spec, move || i.clone(), s, none)?
+                spawn_stage(rt, spec, move || i.clone(), s)?
             }
             Target::Dedup => {
                 let factory = dedup_factory(rt, &cfg.dedup, s.clone());
-                spawn_stage(rt, spec, factory, s, none)?
+                spawn_stage(rt, spec, factory, s)?
             }
             Target::Policy => {
                 let p = policy.clone();
-                spawn_stage(rt, spec, move || Policy::new(p.clone()), s, none)?
+                spawn_stage(rt, spec, move || Policy::new(p.clone()), s)?
             }
             Target::Spatial => {
                 let geo = cfg.geo;
-                spawn_stage(rt, spec, move || Spatial::new(geo, shards), s, none)?
+                spawn_stage(rt, spec, move || Spatial::new(geo, shards), s)?
             }
             Target::Review => {
                 let tokens = review_tokens.clone().context("review tokens")?;
@@ -461,7 +458,7 @@ async fn start_push(
             Matcher::new(Arc::clone(&index), notification_partitions, max_ids)
                 .with_assets(Arc::clone(&assets), Arc::clone(&rules))
         };
-        spawn_stage(rt, &topology::MATCH, factory, shutdown.clone(), FaultInjection::default())?
+        spawn_stage(rt, &topology::MATCH, factory, shutdown.clone())?
     };
     let tables = Tables { index: Arc::clone(&index), assets: Arc::clone(&assets), requests: Arc::clone(&requests) };
     let api = hexcast_api::start(
@@ -505,7 +502,7 @@ async fn start_review(
             },
         )
     };
-    let queue = spawn_stage(rt, &topology::REVIEW, factory, shutdown.clone(), FaultInjection::default())?;
+    let queue = spawn_stage(rt, &topology::REVIEW, factory, shutdown.clone())?;
     let api =
         hexcast_api::start_review(rt, &cfg.push, Arc::clone(&pending), tokens, listener, shutdown.clone()).await?;
     let ticker =

@@ -228,9 +228,11 @@ impl IntoRecord for IngestOut {
                     partition: d.partition,
                     offset: d.offset,
                     key: d.key.clone().into_bytes(),
+                    original_size: d.payload.len() as u64,
                     payload: d.payload,
                     headers: [(header::FORMAT.to_owned(), d.format.into_bytes())].into_iter().collect(),
                     rejected_at_ms: d.rejected_at.0,
+                    ..Default::default()
                 };
                 let mut r = OutRecord::proto(Topic::DeadLetter, d.key, &dl, "hexcast.v1.DeadLetter");
                 r.headers.extend([

@@ -121,6 +121,12 @@ pub struct KafkaConfig {
     /// read_committed consumers when no process with the same instance id comes back.
     #[serde(default = "default_txn_timeout_ms")]
     pub transaction_timeout_ms: u32,
+    /// Largest record the runner produces, in bytes (librdkafka's `message.max.bytes` of
+    /// every producer). `topics create` sets each topic's `max.message.bytes` above it with
+    /// room for the batch framing, so a record the producer accepts is never refused by the
+    /// broker; a dead letter larger than this is produced truncated.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: u32,
     /// TLS and SASL towards the cluster; none: plaintext.
     #[serde(default)]
     pub security: Option<KafkaSecurity>,
@@ -141,6 +147,10 @@ const fn default_txn_timeout_ms() -> u32 {
     10_000
 }
 
+const fn default_max_message_bytes() -> u32 {
+    1_000_000
+}
+
 impl KafkaConfig {
     /// A config for `brokers` with every default.
     pub fn new(brokers: impl Into<String>) -> Self {
@@ -152,6 +162,7 @@ impl KafkaConfig {
             delivery: Delivery::default(),
             transaction_timeout_ms: default_txn_timeout_ms(),
             security: None,
+            max_message_bytes: default_max_message_bytes(),
             client: BTreeMap::new(),
             consumer: BTreeMap::new(),
         }
@@ -484,12 +495,22 @@ pub struct RunnerConfig {
     /// Most records in one batch (one transaction).
     #[serde(default = "default_max_batch")]
     pub max_batch: NonZeroUsize,
-    /// How long to wait for a batch to fill once it has a record.
+    /// How long to wait for a batch to fill once it has a record. 0 (the default): take
+    /// what the consumer has already fetched and go; records that arrive while a batch
+    /// commits make the next batch, so batches grow with load without adding latency.
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
     /// Pause before a stage session is rebuilt after a transient error.
     #[serde(default = "default_backoff_ms")]
     pub retry_backoff_ms: u64,
+    /// How often each stage's consumer lag is refreshed (committed offsets against the last
+    /// stable offset of every assigned partition).
+    #[serde(default = "default_lag_refresh_ms")]
+    pub lag_refresh_ms: u64,
+    /// A stage whose input waits (lag above 0) with no commit for this long is stalled: an
+    /// error in the log, `hexcast_runner_stalled` = 1 and `StageStats::stalled`.
+    #[serde(default = "default_stall_after_secs")]
+    pub stall_after_secs: u64,
 }
 
 fn default_max_batch() -> NonZeroUsize {
@@ -497,7 +518,15 @@ fn default_max_batch() -> NonZeroUsize {
 }
 
 const fn default_linger_ms() -> u64 {
-    20
+    0
+}
+
+const fn default_lag_refresh_ms() -> u64 {
+    5_000
+}
+
+const fn default_stall_after_secs() -> u64 {
+    60
 }
 
 const fn default_backoff_ms() -> u64 {
@@ -506,7 +535,13 @@ const fn default_backoff_ms() -> u64 {
 
 impl Default for RunnerConfig {
     fn default() -> Self {
-        Self { max_batch: default_max_batch(), linger_ms: default_linger_ms(), retry_backoff_ms: default_backoff_ms() }
+        Self {
+            max_batch: default_max_batch(),
+            linger_ms: default_linger_ms(),
+            retry_backoff_ms: default_backoff_ms(),
+            lag_refresh_ms: default_lag_refresh_ms(),
+            stall_after_secs: default_stall_after_secs(),
+        }
     }
 }
 
@@ -514,6 +549,16 @@ impl RunnerConfig {
     /// Linger as a duration.
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.linger_ms)
+    }
+
+    /// Lag refresh interval as a duration (at least 100 ms).
+    pub fn lag_refresh(&self) -> Duration {
+        Duration::from_millis(self.lag_refresh_ms.max(100))
+    }
+
+    /// Stall threshold as a duration.
+    pub fn stall_after(&self) -> Duration {
+        Duration::from_secs(self.stall_after_secs)
     }
 }
 

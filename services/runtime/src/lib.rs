@@ -30,7 +30,11 @@ pub use follower::{FollowerStatus, Partitions, Table, follow};
 pub use preflight::{ConnectError, check_connection, client_config};
 pub use reader::{PartitionReader, ReadError, ReadRecord, StartAt};
 pub use restore::restoring;
-pub use runner::{Clock, FaultInjection, Runtime, StageHandle, group_id, spawn_stage, system_clock, transactional_id};
+pub use runner::{
+    Clock, Runtime, StageHandle, group_id, group_instance_id, spawn_stage, system_clock, transactional_id,
+};
+#[cfg(feature = "fault-injection")]
+pub use runner::{FaultInjection, spawn_stage_with_faults};
 pub use telemetry::StageStats;
 pub use topics::{TopicNames, TopicSpec, ensure_topics, existing_topics, specs};
 pub use writer::{WriteError, Writer};

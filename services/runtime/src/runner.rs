@@ -8,11 +8,20 @@
 //! rebuilds both: the new consumer resumes from the committed offsets and the new producer,
 //! with the same transactional id, fences any zombie. A rebalance abandons the batch the
 //! same way. So a stage's state and outputs never get ahead of its committed input.
+//!
+//! No record blocks its partition: a dead letter too large for the topic is produced
+//! truncated (original size, SHA-256, reason kept), and an input whose output the broker
+//! refuses is dead-lettered on the retry instead of being retried forever. Every call that
+//! waits on the broker is bounded, and after shutdown by a few seconds, so a stuck
+//! transaction cannot hold SIGTERM. A monitor thread per stage reports true lag (committed
+//! offsets against the last stable offset) and flags a stage whose input waits while
+//! nothing commits.
 
-use std::collections::BTreeMap;
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -24,10 +33,9 @@ use prost::Message as _;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +43,10 @@ pub use crate::clock::{Clock, system_clock};
 use crate::config::{Delivery, KafkaConfig, RunnerConfig};
 use crate::telemetry::{self, StageStats};
 use crate::topics::TopicNames;
+
+fn unix_ms() -> u64 {
+    u64::try_from(crate::clock::now().0).unwrap_or(0)
+}
 
 /// What every stage runner shares.
 #[derive(Clone)]
@@ -62,8 +74,7 @@ impl Runtime {
         Self { kafka, runner, names, clock: system_clock() }
     }
 
-    /// A client config with the brokers, the security settings and the extra client
-    /// properties ([`KafkaConfig::client_properties`]).
+    /// A client config with the brokers and the extra client properties.
     pub fn client_config(&self) -> ClientConfig {
         crate::preflight::client_config(&self.kafka)
     }
@@ -76,9 +87,35 @@ impl Runtime {
         }
         cfg
     }
+
+    /// The producer config of the runner: latency-first defaults, then the configured client
+    /// properties (which may override them), then the message limit and, exactly-once, the
+    /// transactional id of `stage` on this instance.
+    fn producer_config(&self, stage: &str) -> ClientConfig {
+        let mut cfg = crate::preflight::client_config(&self.kafka);
+        // The runner waits for every output's acknowledgement before it commits, so lingering
+        // only adds latency; batches still form while a request is in flight. The configured
+        // client properties win.
+        for (key, value) in [("linger.ms", "0"), ("compression.type", "lz4")] {
+            if !self.kafka.client.contains_key(key) {
+                cfg.set(key, value);
+            }
+        }
+        cfg.set("enable.idempotence", "true")
+            .set("message.max.bytes", self.kafka.max_message_bytes.to_string())
+            // librdkafka refuses a delivery timeout longer than the transaction timeout.
+            .set("message.timeout.ms", self.kafka.transaction_timeout_ms.min(30_000).to_string());
+        if self.kafka.delivery == Delivery::ExactlyOnce {
+            cfg.set("transactional.id", transactional_id(self, stage))
+                .set("transaction.timeout.ms", self.kafka.transaction_timeout_ms.to_string());
+        }
+        cfg
+    }
 }
 
-/// Test hooks that simulate a crash at a chosen point. Never set in production.
+/// Test hooks that simulate a crash at a chosen point (cargo feature `fault-injection`;
+/// production builds cannot set them).
+#[cfg(feature = "fault-injection")]
 #[derive(Debug, Clone, Default)]
 pub struct FaultInjection {
     /// Exit the runner, as a killed process would, after producing the outputs of this
@@ -87,6 +124,13 @@ pub struct FaultInjection {
     /// Fail this batch (1-based) after producing its outputs, as a broker error would: the
     /// runner aborts the transaction, rebuilds the stage from its factory and retries.
     pub abort_batch: Option<u64>,
+}
+
+/// The hooks as the runner reads them: always empty without the feature.
+#[derive(Debug, Clone, Copy, Default)]
+struct Faults {
+    crash_at: Option<u64>,
+    abort_at: Option<u64>,
 }
 
 /// A running stage.
@@ -121,6 +165,23 @@ pub fn spawn_stage<S, F>(
     spec: &'static StageSpec,
     factory: F,
     shutdown: CancellationToken,
+) -> anyhow::Result<StageHandle>
+where
+    F: FnMut() -> S + Send + 'static,
+    S: Stage,
+    S::In: FromRecord,
+    S::Out: IntoRecord,
+{
+    spawn(rt, spec, factory, shutdown, Faults::default())
+}
+
+/// [`spawn_stage`] with injected faults, for tests.
+#[cfg(feature = "fault-injection")]
+pub fn spawn_stage_with_faults<S, F>(
+    rt: &Runtime,
+    spec: &'static StageSpec,
+    factory: F,
+    shutdown: CancellationToken,
     faults: FaultInjection,
 ) -> anyhow::Result<StageHandle>
 where
@@ -129,7 +190,25 @@ where
     S::In: FromRecord,
     S::Out: IntoRecord,
 {
+    let faults = Faults { crash_at: faults.crash_before_commit_of_batch, abort_at: faults.abort_batch };
+    spawn(rt, spec, factory, shutdown, faults)
+}
+
+fn spawn<S, F>(
+    rt: &Runtime,
+    spec: &'static StageSpec,
+    factory: F,
+    shutdown: CancellationToken,
+    faults: Faults,
+) -> anyhow::Result<StageHandle>
+where
+    F: FnMut() -> S + Send + 'static,
+    S: Stage,
+    S::In: FromRecord,
+    S::Out: IntoRecord,
+{
     let stats = Arc::new(StageStats::default());
+    stats.last_commit_ms.store(unix_ms(), Ordering::Relaxed);
     let rt = rt.clone();
     let thread_stats = Arc::clone(&stats);
     let thread = std::thread::Builder::new()
@@ -141,39 +220,28 @@ where
 
 struct RunnerContext {
     stage: &'static str,
-    rebalanced: AtomicBool,
+    rebalanced: std::sync::atomic::AtomicBool,
     stats: Arc<StageStats>,
 }
 
-impl ClientContext for RunnerContext {
-    fn stats(&self, statistics: Statistics) {
-        for topic in statistics.topics.values() {
-            for (partition, p) in &topic.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    metrics::gauge!(telemetry::LAG, "stage" => self.stage, "partition" => partition.to_string())
-                        .set(p.consumer_lag as f64);
-                }
-            }
-        }
-    }
-}
+impl ClientContext for RunnerContext {}
 
 impl ConsumerContext for RunnerContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                self.stats.assigned_partitions.store(tpl.count() as u64, Ordering::SeqCst);
-                tracing::info!(stage = self.stage, partitions = tpl.count(), "partitions assigned");
+                let n = self.stats.assign(tpl.elements().iter().map(|e| e.partition()));
+                tracing::info!(stage = self.stage, partitions = n, "partitions assigned");
             }
             Rebalance::Revoke(tpl) => {
-                self.stats.assigned_partitions.store(0, Ordering::SeqCst);
+                let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                self.stats.revoke(&revoked);
                 // Another member owns these now and reports their lag; a stale value here
                 // would count it twice.
-                for p in tpl.elements() {
-                    metrics::gauge!(telemetry::LAG, "stage" => self.stage, "partition" => p.partition().to_string())
-                        .set(0.0);
+                for p in &revoked {
+                    metrics::gauge!(telemetry::LAG, "stage" => self.stage, "partition" => p.to_string()).set(0.0);
                 }
-                tracing::info!(stage = self.stage, partitions = tpl.count(), "partitions revoked");
+                tracing::info!(stage = self.stage, partitions = revoked.len(), "partitions revoked");
             }
             Rebalance::Error(e) => tracing::warn!(stage = self.stage, error = %e, "rebalance error"),
         }
@@ -181,20 +249,59 @@ impl ConsumerContext for RunnerContext {
     }
 }
 
+/// An output the broker (or the producer's own size check) will never accept.
+#[derive(Debug, Clone)]
+struct Refusal {
+    /// Index of the output in the batch's outputs.
+    output: usize,
+    /// Its size in bytes (key and payload).
+    size: usize,
+    error: String,
+    too_large: bool,
+}
+
 #[derive(Default)]
 struct DeliveryContext {
     failed: AtomicU64,
+    refused: Mutex<Vec<Refusal>>,
+}
+
+impl DeliveryContext {
+    fn take_refused(&self) -> Vec<Refusal> {
+        std::mem::take(&mut *self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
 }
 
 impl ClientContext for DeliveryContext {}
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, _)) = result {
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, output: usize) {
+        if let Err((error, msg)) = result {
             self.failed.fetch_add(1, Ordering::SeqCst);
+            if let Some(too_large) = refusal(error) {
+                let size = msg.payload_len() + msg.key_len();
+                self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Refusal {
+                    output,
+                    size,
+                    error: error.to_string(),
+                    too_large,
+                });
+            }
             tracing::warn!(%error, "delivery failed");
         }
+    }
+}
+
+/// Whether an error refuses one record for good (`Some(too_large)`), as opposed to a
+/// transient failure worth retrying.
+fn refusal(error: &KafkaError) -> Option<bool> {
+    match error {
+        KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge,
+        ) => Some(true),
+        KafkaError::MessageProduction(RDKafkaErrorCode::InvalidRecord) => Some(false),
+        _ => None,
     }
 }
 
@@ -204,6 +311,12 @@ enum BatchError {
     /// Transient: abandon the batch, rebuild the session, retry from the committed offsets.
     #[error("{0:#}")]
     Retry(anyhow::Error),
+    /// The broker will never take this output: dead-letter its input on the retry.
+    #[error("output refused: {}", .0.error)]
+    Refused(Refusal),
+    /// Shutdown was requested and the broker did not let the batch finish in time.
+    #[error("shutdown while the transaction could not finish")]
+    Shutdown,
     /// The injected crash.
     #[error("injected crash before commit")]
     Crash,
@@ -215,13 +328,84 @@ impl From<KafkaError> for BatchError {
     }
 }
 
+/// The longest any transactional call may take before the batch is abandoned.
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Transactional calls run in slices of this length, so that shutdown is noticed.
+const TXN_SLICE: Duration = Duration::from_millis(500);
+/// How long a batch in flight may still take once shutdown is requested: SIGTERM must end
+/// the process within 10 s even when the broker does not answer.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);
+/// Pause between two polls for delivery reports while outputs are in flight.
+const DRAIN_PAUSE: Duration = Duration::from_micros(250);
+/// Room left in a record for the framing librdkafka counts in `message.max.bytes`.
+const RECORD_OVERHEAD_BYTES: usize = 4096;
+
+/// Shutdown as the stage thread sees it: the token, and when the thread first noticed it.
+struct Stop {
+    token: CancellationToken,
+    seen: Cell<Option<Instant>>,
+}
+
+impl Stop {
+    fn new(token: CancellationToken) -> Self {
+        Self { token, seen: Cell::new(None) }
+    }
+
+    fn requested(&self) -> bool {
+        if !self.token.is_cancelled() {
+            return false;
+        }
+        if self.seen.get().is_none() {
+            self.seen.set(Some(Instant::now()));
+        }
+        true
+    }
+
+    /// Shutdown was requested more than [`SHUTDOWN_BUDGET`] ago.
+    fn overdue(&self) -> bool {
+        self.requested() && self.seen.get().is_some_and(|t| t.elapsed() >= SHUTDOWN_BUDGET)
+    }
+}
+
+/// Calls a resumable transactional operation in [`TXN_SLICE`]s until it succeeds, fails for
+/// good, takes longer than `limit`, or shutdown is overdue. librdkafka documents these calls
+/// (init, send offsets, commit, abort) as resumable after a retriable timeout.
+fn bounded(
+    stop: &Stop,
+    what: &'static str,
+    limit: Duration,
+    mut op: impl FnMut(Duration) -> KafkaResult<()>,
+) -> Result<(), BatchError> {
+    let started = Instant::now();
+    loop {
+        let error = match op(TXN_SLICE) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let retriable = match &error {
+            KafkaError::Transaction(e) => e.is_retriable(),
+            KafkaError::Flush(code) => *code == RDKafkaErrorCode::OperationTimedOut,
+            _ => false,
+        };
+        if !retriable {
+            return Err(BatchError::Retry(anyhow::Error::new(error).context(what)));
+        }
+        if stop.overdue() {
+            return Err(BatchError::Shutdown);
+        }
+        if started.elapsed() >= limit {
+            return Err(BatchError::Retry(
+                anyhow::Error::new(error).context(format!("{what}: no answer in {limit:?}")),
+            ));
+        }
+    }
+}
+
 struct Session {
     consumer: BaseConsumer<RunnerContext>,
     producer: BaseProducer<DeliveryContext>,
     exactly_once: bool,
 }
-
-const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The consumer group of a stage.
 pub fn group_id(rt: &Runtime, stage: &str) -> String {
@@ -234,42 +418,60 @@ pub fn transactional_id(rt: &Runtime, stage: &str) -> String {
     format!("{}-{}", group_id(rt, stage), rt.kafka.instance())
 }
 
+/// The static group member id of a stage's consumer on this instance (`group.instance.id`):
+/// a restarted process with the same `kafka.instance_id` gets its partitions back at once,
+/// without waiting for the dead member's session to time out. The flip side: a member that
+/// leaves for good keeps its partitions until `session.timeout.ms` (librdkafka's default
+/// 45 s; `[kafka.consumer]` may change it) has passed. Used with exactly-once delivery
+/// only: at-least-once serves the embedded broker, whose classic groups do not implement
+/// static membership (a rejoining member would wait out its own old session).
+pub fn group_instance_id(rt: &Runtime, stage: &str) -> String {
+    format!("{}-{stage}", rt.kafka.instance())
+}
+
 impl Session {
-    fn open(rt: &Runtime, stage: &'static str, input: Topic, stats: &Arc<StageStats>) -> anyhow::Result<Self> {
+    fn open(
+        rt: &Runtime,
+        stage: &'static str,
+        input: Topic,
+        stats: &Arc<StageStats>,
+        stop: &Stop,
+    ) -> Result<Self, anyhow::Error> {
         let group = group_id(rt, stage);
         let exactly_once = rt.kafka.delivery == Delivery::ExactlyOnce;
-        let consumer: BaseConsumer<RunnerContext> = rt
-            .consumer_config()
+        let mut ccfg = rt.consumer_config();
+        if exactly_once {
+            ccfg.set("group.instance.id", group_instance_id(rt, stage));
+        }
+        let consumer: BaseConsumer<RunnerContext> = ccfg
             .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
-            .set("statistics.interval.ms", "5000")
-            .create_with_context(RunnerContext { stage, rebalanced: AtomicBool::new(false), stats: Arc::clone(stats) })
+            .create_with_context(RunnerContext {
+                stage,
+                rebalanced: std::sync::atomic::AtomicBool::new(false),
+                stats: Arc::clone(stats),
+            })
             .context("creating consumer")?;
         consumer.subscribe(&[rt.names.name(input)]).context("subscribing")?;
 
-        let mut pcfg = rt.client_config();
-        pcfg.set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            // librdkafka refuses a delivery timeout longer than the transaction timeout.
-            .set("message.timeout.ms", rt.kafka.transaction_timeout_ms.min(30_000).to_string());
-        if exactly_once {
-            pcfg.set("transactional.id", transactional_id(rt, stage))
-                .set("transaction.timeout.ms", rt.kafka.transaction_timeout_ms.to_string());
-        }
         let producer: BaseProducer<DeliveryContext> =
-            pcfg.create_with_context(DeliveryContext::default()).context("creating producer")?;
+            rt.producer_config(stage).create_with_context(DeliveryContext::default()).context("creating producer")?;
         if exactly_once {
-            producer.init_transactions(TXN_TIMEOUT).context("initializing transactions")?;
+            match bounded(stop, "initializing transactions", TXN_TIMEOUT, |t| producer.init_transactions(t)) {
+                Ok(()) => {}
+                Err(BatchError::Shutdown) => anyhow::bail!(ShutdownDuringOpen),
+                Err(e) => return Err(anyhow::Error::new(e)),
+            }
         }
         Ok(Self { consumer, producer, exactly_once })
     }
 
-    /// Polls until `max` records, or `linger` after the first record, or an idle poll.
-    /// Returns `None` when a rebalance happened: the caller abandons everything it holds.
+    /// Takes what the consumer has already fetched (up to `max`), waiting up to 100 ms for a
+    /// first record and then `linger` for more. Returns `None` when a rebalance happened:
+    /// the caller abandons everything it holds.
     fn collect(&self, cfg: &RunnerConfig) -> anyhow::Result<Option<Vec<rdkafka::message::OwnedMessage>>> {
         let mut batch = Vec::new();
         let mut first_at: Option<Instant> = None;
@@ -302,13 +504,13 @@ impl Session {
         }
     }
 
-    fn send(&self, names: &TopicNames, rec: &OutRecord) -> Result<(), KafkaError> {
+    fn send(&self, names: &TopicNames, rec: &OutRecord, index: usize) -> Result<(), KafkaError> {
         let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
         for (k, v) in &rec.headers {
             headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
         }
-        let mut record: BaseRecord<'_, [u8], [u8]> =
-            BaseRecord::to(names.name(rec.topic)).key(rec.key.as_slice()).headers(headers);
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(names.name(rec.topic), index).key(rec.key.as_slice()).headers(headers);
         if let Some(p) = &rec.payload {
             record = record.payload(p.as_slice());
         }
@@ -319,7 +521,8 @@ impl Session {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    self.producer.poll(Duration::from_millis(50));
+                    self.producer.poll(Duration::ZERO);
+                    std::thread::sleep(DRAIN_PAUSE);
                     record = back;
                 }
                 Err((e, _)) => return Err(e),
@@ -327,11 +530,57 @@ impl Session {
         }
     }
 
+    /// Enqueues every output; an output the producer's own size check refuses ends the
+    /// batch with [`BatchError::Refused`].
+    fn send_all(&self, names: &TopicNames, outputs: &[OutRecord]) -> Result<(), BatchError> {
+        for (i, rec) in outputs.iter().enumerate() {
+            if let Err(e) = self.send(names, rec, i) {
+                if let Some(too_large) = refusal(&e) {
+                    let size = rec.key.len() + rec.payload.as_ref().map_or(0, Vec::len);
+                    return Err(BatchError::Refused(Refusal { output: i, size, error: e.to_string(), too_large }));
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves delivery reports until nothing is in flight. rust-rdkafka's own flush (called
+    /// by `commit_transaction`) polls in 100 ms slices and so made every transaction last at
+    /// least 100 ms; after this it returns at once. rust-rdkafka's timed poll spins for the
+    /// last sub-millisecond of its deadline, so this polls without waiting and sleeps briefly
+    /// between polls instead.
+    fn drain(&self, stop: &Stop) -> Result<(), BatchError> {
+        // One non-blocking flush tells librdkafka's broker threads to send what is queued now.
+        let _ = self.producer.flush(Duration::ZERO);
+        let started = Instant::now();
+        loop {
+            self.producer.poll(Duration::ZERO);
+            if self.producer.in_flight_count() == 0 {
+                return Ok(());
+            }
+            if stop.overdue() {
+                return Err(BatchError::Shutdown);
+            }
+            if started.elapsed() >= TXN_TIMEOUT {
+                return Err(BatchError::Retry(anyhow::anyhow!("outputs not acknowledged within {TXN_TIMEOUT:?}")));
+            }
+            std::thread::sleep(DRAIN_PAUSE);
+        }
+    }
+
+    /// The largest refused output, if the broker refused any: only it is dead-lettered, so
+    /// records refused merely for sharing its request go through on the retry.
+    fn refused(&self) -> Option<BatchError> {
+        self.producer.context().take_refused().into_iter().max_by_key(|r| r.size).map(BatchError::Refused)
+    }
+
     fn commit(
         &self,
         names: &TopicNames,
         outputs: &[OutRecord],
         offsets: &BTreeMap<(String, i32), i64>,
+        stop: &Stop,
         crash: bool,
         fail: bool,
     ) -> Result<(), BatchError> {
@@ -339,36 +588,46 @@ impl Session {
         for ((topic, partition), next) in offsets {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
         }
+        self.producer.context().take_refused();
         if self.exactly_once {
             self.producer.begin_transaction()?;
-            for rec in outputs {
-                self.send(names, rec)?;
-            }
+            self.send_all(names, outputs)?;
             if crash {
-                self.producer.flush(Duration::from_secs(10))?;
+                self.drain(stop)?;
                 return Err(BatchError::Crash);
             }
             if fail {
-                self.producer.flush(Duration::from_secs(10))?;
+                self.drain(stop)?;
                 return Err(BatchError::Retry(anyhow::anyhow!("injected failure before commit")));
             }
             let group = self
                 .consumer
                 .group_metadata()
                 .ok_or_else(|| BatchError::Retry(anyhow::anyhow!("no consumer group metadata")))?;
-            self.producer.send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT)?;
-            self.producer.commit_transaction(TXN_TIMEOUT)?;
+            // Offsets first: their round trips to the coordinators overlap the outputs'
+            // acknowledgements.
+            let sent = bounded(stop, "sending offsets to the transaction", TXN_TIMEOUT, |t| {
+                self.producer.send_offsets_to_transaction(&tpl, &group, t)
+            });
+            let drained = self.drain(stop);
+            if let Some(refused) = self.refused() {
+                return Err(refused);
+            }
+            sent?;
+            drained?;
+            bounded(stop, "committing the transaction", TXN_TIMEOUT, |t| self.producer.commit_transaction(t))?;
         } else {
             let failed_before = self.producer.context().failed.load(Ordering::SeqCst);
-            for rec in outputs {
-                self.send(names, rec)?;
-            }
-            self.producer.flush(TXN_TIMEOUT)?;
+            self.send_all(names, outputs)?;
+            self.drain(stop)?;
             if crash {
                 return Err(BatchError::Crash);
             }
             if fail {
                 return Err(BatchError::Retry(anyhow::anyhow!("injected failure before commit")));
+            }
+            if let Some(refused) = self.refused() {
+                return Err(refused);
             }
             if self.producer.context().failed.load(Ordering::SeqCst) != failed_before {
                 return Err(BatchError::Retry(anyhow::anyhow!("some outputs were not delivered")));
@@ -378,14 +637,23 @@ impl Session {
         Ok(())
     }
 
-    fn abandon(&self) {
-        if self.exactly_once
-            && let Err(e) = self.producer.abort_transaction(TXN_TIMEOUT)
-        {
+    /// Aborts the open transaction, bounded: at shutdown the next start of this instance
+    /// aborts it anyway (same transactional id), so waiting long gains nothing.
+    fn abandon(&self, stop: &Stop) {
+        if !self.exactly_once {
+            return;
+        }
+        let limit = if stop.requested() { Duration::from_secs(1) } else { TXN_TIMEOUT };
+        if let Err(e) = bounded(stop, "aborting the transaction", limit, |t| self.producer.abort_transaction(t)) {
             tracing::debug!(error = %e, "abort after failed batch");
         }
     }
 }
+
+/// Opening a session was cut short by shutdown.
+#[derive(Debug, thiserror::Error)]
+#[error("shutdown while opening the Kafka session")]
+struct ShutdownDuringOpen;
 
 fn to_in_record(m: &rdkafka::message::OwnedMessage) -> InRecord {
     let headers = m
@@ -395,28 +663,48 @@ fn to_in_record(m: &rdkafka::message::OwnedMessage) -> InRecord {
     InRecord { key: m.key().map(<[u8]>::to_vec), payload: m.payload().map(<[u8]>::to_vec), headers }
 }
 
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().to_vec()
+}
+
+/// Where a rejected record came from.
+struct Origin<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+}
+
+/// A dead letter for `rec`, no larger than `max_bytes` on the wire: when the whole record
+/// does not fit, the payload is cut to what fits (and an oversized key or header set is cut
+/// too), with `truncated`, the original size and the SHA-256 of the whole payload kept, so
+/// the record is still traceable and never blocks its partition.
 fn dead_letter(
     stage: &'static str,
     reason: &'static str,
     detail: String,
-    topic: &str,
-    m: &rdkafka::message::OwnedMessage,
+    from: &Origin<'_>,
     rec: InRecord,
     now: Timestamp,
+    max_bytes: usize,
 ) -> OutRecord {
     let trace = rec.header(header::TRACE_ID).map(<[u8]>::to_vec);
-    let dl = pb::DeadLetter {
+    let payload = rec.payload.unwrap_or_default();
+    let mut dl = pb::DeadLetter {
         stage: stage.to_owned(),
         reason: reason.to_owned(),
         detail,
-        topic: topic.to_owned(),
-        partition: m.partition(),
-        offset: m.offset(),
+        topic: from.topic.to_owned(),
+        partition: from.partition,
+        offset: from.offset,
         key: rec.key.clone().unwrap_or_default(),
-        payload: rec.payload.unwrap_or_default(),
+        payload: Vec::new(),
         headers: rec.headers.into_iter().collect(),
         rejected_at_ms: now.0,
+        original_size: payload.len() as u64,
+        payload_sha256: sha256(&payload),
+        truncated: false,
     };
+    let mut key = rec.key.unwrap_or_default();
     let mut headers = vec![
         (header::SCHEMA.to_owned(), b"hexcast.v1.DeadLetter".to_vec()),
         (header::DL_STAGE.to_owned(), stage.as_bytes().to_vec()),
@@ -425,17 +713,34 @@ fn dead_letter(
     if let Some(t) = trace {
         headers.push((header::TRACE_ID.to_owned(), t));
     }
-    OutRecord {
-        topic: Topic::DeadLetter,
-        key: rec.key.unwrap_or_default(),
-        partition: None,
-        payload: Some(dl.encode_to_vec()),
-        headers,
+    let header_bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 16).sum();
+    let budget = max_bytes.saturating_sub(RECORD_OVERHEAD_BYTES + header_bytes);
+    // Everything but the payload's bytes: the envelope, the record key, and room for the
+    // payload field's tag and length.
+    let envelope = |dl: &pb::DeadLetter, key: &[u8]| dl.encoded_len() + key.len() + 16;
+    if envelope(&dl, &key) + payload.len() > budget {
+        dl.truncated = true;
+        const KEEP_KEY: usize = 1024;
+        if envelope(&dl, &key) > budget / 2 {
+            key.truncate(KEEP_KEY);
+            dl.key.truncate(KEEP_KEY);
+            dl.detail.truncate(KEEP_KEY);
+            if envelope(&dl, &key) > budget / 2 {
+                dl.headers.clear();
+            }
+        }
+        let room = budget.saturating_sub(envelope(&dl, &key));
+        dl.payload = payload;
+        dl.payload.truncate(room);
+    } else {
+        dl.payload = payload;
     }
+    OutRecord { topic: Topic::DeadLetter, key, partition: None, payload: Some(dl.encode_to_vec()), headers }
 }
 
-/// Copies the input's trace headers onto an output that lacks them.
-fn propagate(input: &InRecord, out: &mut OutRecord) {
+/// Copies the input's trace headers onto an output that lacks them, and the origin time
+/// (the raw record's timestamp, set by the first stage) for end-to-end latency.
+fn propagate(input: &InRecord, origin_ms: Option<i64>, out: &mut OutRecord) {
     for name in [header::TRACE_ID, header::SOURCE] {
         if out.headers.iter().all(|(k, _)| k != name)
             && let Some(v) = input.header(name)
@@ -443,13 +748,32 @@ fn propagate(input: &InRecord, out: &mut OutRecord) {
             out.headers.push((name.to_owned(), v.to_vec()));
         }
     }
+    if let Some(ms) = origin_ms
+        && out.headers.iter().all(|(k, _)| k != telemetry::ORIGIN_HEADER)
+    {
+        out.headers.push((telemetry::ORIGIN_HEADER.to_owned(), ms.to_string().into_bytes()));
+    }
 }
+
+/// The origin time of an input: its origin header, else its own timestamp.
+fn origin_ms(input: &InRecord, m: &rdkafka::message::OwnedMessage) -> Option<i64> {
+    input.header_str(telemetry::ORIGIN_HEADER).and_then(|s| s.parse().ok()).or_else(|| m.timestamp().to_millis())
+}
+
+/// Inputs whose outputs the broker refused, by (topic, partition, offset): the next try
+/// dead-letters them instead of processing them. The value counts refusals: a dead letter
+/// refused again is produced with no payload at all.
+type Poisoned = HashMap<(String, i32, i64), (u8, Refusal)>;
 
 struct Processed {
     outputs: Vec<OutRecord>,
+    /// For each output, the index of its input in the batch.
+    origin: Vec<usize>,
     offsets: BTreeMap<(String, i32), i64>,
     rejected: Vec<&'static str>,
     filtered: u64,
+    /// Per input: (record timestamp, origin time), Unix ms.
+    times: Vec<(Option<i64>, Option<i64>)>,
 }
 
 fn process_batch<S>(
@@ -457,6 +781,8 @@ fn process_batch<S>(
     spec: &StageSpec,
     batch: &[rdkafka::message::OwnedMessage],
     now: Timestamp,
+    poisoned: &Poisoned,
+    max_bytes: usize,
 ) -> Processed
 where
     S: Stage,
@@ -464,12 +790,36 @@ where
     S::Out: IntoRecord,
 {
     let name = stage.name();
-    let mut p = Processed { outputs: Vec::new(), offsets: BTreeMap::new(), rejected: Vec::new(), filtered: 0 };
+    let mut p = Processed {
+        outputs: Vec::new(),
+        origin: Vec::new(),
+        offsets: BTreeMap::new(),
+        rejected: Vec::new(),
+        filtered: 0,
+        times: Vec::with_capacity(batch.len()),
+    };
     let mut outs = Vec::new();
     let mut kept: Vec<OutRecord> = Vec::new();
-    for m in batch {
+    for (index, m) in batch.iter().enumerate() {
         p.offsets.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
-        let rec = to_in_record(m);
+        let mut rec = to_in_record(m);
+        let origin = origin_ms(&rec, m);
+        p.times.push((m.timestamp().to_millis(), origin));
+        let from = Origin { topic: m.topic(), partition: m.partition(), offset: m.offset() };
+        if let Some((times, refusal)) = poisoned.get(&(m.topic().to_owned(), m.partition(), m.offset())) {
+            let reason = if refusal.too_large { "output_too_large" } else { "output_refused" };
+            let detail =
+                format!("the broker refused an output of {} bytes of this record: {}", refusal.size, refusal.error);
+            tracing::error!(stage = name, reason, %detail, partition = m.partition(), offset = m.offset(), "dead-lettered record");
+            if *times > 1 {
+                rec.payload = None;
+                rec.headers.clear();
+            }
+            p.rejected.push(reason);
+            p.outputs.push(dead_letter(name, reason, detail, &from, rec, now, max_bytes));
+            p.origin.push(index);
+            continue;
+        }
         let ctx = StageCtx {
             now,
             partition: m.partition(),
@@ -507,14 +857,16 @@ where
                     p.filtered += 1;
                 }
                 for mut r in kept.drain(..) {
-                    propagate(&rec, &mut r);
+                    propagate(&rec, origin, &mut r);
                     p.outputs.push(r);
+                    p.origin.push(index);
                 }
             }
             Err((reason, detail)) => {
                 tracing::warn!(stage = name, reason, %detail, partition = m.partition(), offset = m.offset(), "dead-lettered record");
                 p.rejected.push(reason);
-                p.outputs.push(dead_letter(name, reason, detail, m.topic(), m, rec, now));
+                p.outputs.push(dead_letter(name, reason, detail, &from, rec, now, max_bytes));
+                p.origin.push(index);
             }
         }
     }
@@ -526,7 +878,7 @@ fn run<S, F>(
     spec: &'static StageSpec,
     mut factory: F,
     shutdown: CancellationToken,
-    faults: FaultInjection,
+    faults: Faults,
     stats: Arc<StageStats>,
 ) -> anyhow::Result<()>
 where
@@ -535,17 +887,27 @@ where
     S::In: FromRecord,
     S::Out: IntoRecord,
 {
+    let stop = Stop::new(shutdown);
     let input = spec.input;
     let mut stage = factory();
     let name = stage.name();
     anyhow::ensure!(name == spec.name, "stage {name} started under the topology row of {}", spec.name);
+    let monitor_stop = stop.token.child_token();
+    let _monitor_guard = monitor_stop.clone().drop_guard();
+    spawn_monitor(&rt, name, input, &stats, monitor_stop);
+    let max_bytes = rt.kafka.max_message_bytes as usize;
+    let mut poisoned = Poisoned::new();
     let mut batch_no: u64 = 0;
     'session: loop {
-        if shutdown.is_cancelled() {
+        if stop.requested() {
             return Ok(());
         }
-        let session = match Session::open(&rt, name, input, &stats) {
+        let session = match Session::open(&rt, name, input, &stats, &stop) {
             Ok(s) => s,
+            Err(e) if e.is::<ShutdownDuringOpen>() => {
+                tracing::warn!(stage = name, "stage stopping: shutdown while initializing transactions");
+                return Ok(());
+            }
             // A client the configuration cannot create will never work: fail the process.
             Err(e)
                 if e.chain().any(|c| matches!(c.downcast_ref::<KafkaError>(), Some(KafkaError::ClientCreation(_)))) =>
@@ -560,7 +922,7 @@ where
         };
         tracing::info!(stage = name, topic = rt.names.name(input), "stage started");
         loop {
-            if shutdown.is_cancelled() {
+            if stop.requested() {
                 tracing::info!(stage = name, "stage stopping: no batch in flight");
                 return Ok(());
             }
@@ -575,19 +937,52 @@ where
             batch_no += 1;
             let started = Instant::now();
             let now = (rt.clock)();
-            let processed = process_batch(&mut stage, spec, &batch, now);
-            let crash = faults.crash_before_commit_of_batch == Some(batch_no);
-            let fail = faults.abort_batch == Some(batch_no);
-            match session.commit(&rt.names, &processed.outputs, &processed.offsets, crash, fail) {
-                Ok(()) => record_batch(name, &stats, &batch, &processed, started),
+            let processed = process_batch(&mut stage, spec, &batch, now, &poisoned, max_bytes);
+            let crash = faults.crash_at == Some(batch_no);
+            let fail = faults.abort_at == Some(batch_no);
+            match session.commit(&rt.names, &processed.outputs, &processed.offsets, &stop, crash, fail) {
+                Ok(()) => {
+                    record_batch(name, &stats, &batch, &processed, started);
+                    if !poisoned.is_empty() {
+                        for m in &batch {
+                            poisoned.remove(&(m.topic().to_owned(), m.partition(), m.offset()));
+                        }
+                    }
+                }
                 Err(BatchError::Crash) => {
                     return Err(anyhow::anyhow!("injected crash before commit of batch {batch_no}"));
                 }
+                Err(BatchError::Shutdown) => {
+                    tracing::warn!(
+                        stage = name,
+                        "stage stopping: the broker did not let the batch in flight finish within the shutdown budget; \
+                         it is abandoned and the next start of this instance aborts its transaction"
+                    );
+                    session.abandon(&stop);
+                    return Ok(());
+                }
+                Err(BatchError::Refused(refusal)) => {
+                    let m = &batch[processed.origin[refusal.output]];
+                    tracing::error!(
+                        stage = name,
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        size = refusal.size,
+                        error = %refusal.error,
+                        "the broker refused an output; its input will be dead-lettered"
+                    );
+                    let entry = poisoned
+                        .entry((m.topic().to_owned(), m.partition(), m.offset()))
+                        .or_insert_with(|| (0, refusal.clone()));
+                    entry.0 = entry.0.saturating_add(1);
+                    abandon(name, &stats, &session, &stop);
+                    drop(session);
+                    stage = factory();
+                    continue 'session;
+                }
                 Err(BatchError::Retry(e)) => {
                     tracing::warn!(stage = name, error = %format!("{e:#}"), "batch abandoned, rebuilding session");
-                    session.abandon();
-                    stats.aborted.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(telemetry::ABORTED, "stage" => name).increment(1);
+                    abandon(name, &stats, &session, &stop);
                     drop(session);
                     stage = factory();
                     std::thread::sleep(Duration::from_millis(rt.runner.retry_backoff_ms));
@@ -598,6 +993,12 @@ where
     }
 }
 
+fn abandon(name: &'static str, stats: &StageStats, session: &Session, stop: &Stop) {
+    session.abandon(stop);
+    stats.aborted.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(telemetry::ABORTED, "stage" => name).increment(1);
+}
+
 fn record_batch(
     name: &'static str,
     stats: &StageStats,
@@ -605,6 +1006,8 @@ fn record_batch(
     p: &Processed,
     started: Instant,
 ) {
+    let committed_ms = unix_ms();
+    stats.last_commit_ms.store(committed_ms, Ordering::Relaxed);
     stats.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
     stats.rejected.fetch_add(p.rejected.len() as u64, Ordering::Relaxed);
     stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -626,4 +1029,180 @@ fn record_batch(
         }
     }
     metrics::histogram!(telemetry::BATCH_SECONDS, "stage" => name).record(started.elapsed().as_secs_f64());
+    let hop = metrics::histogram!(telemetry::RECORD_LATENCY_SECONDS, "stage" => name);
+    let e2e = metrics::histogram!(telemetry::END_TO_END_SECONDS, "stage" => name);
+    let secs_since = |ms: i64| (committed_ms as i64 - ms).max(0) as f64 / 1000.0;
+    for (record_ms, origin_ms) in &p.times {
+        if let Some(ms) = record_ms {
+            hop.record(secs_since(*ms));
+        }
+        if let Some(ms) = origin_ms {
+            e2e.record(secs_since(*ms));
+        }
+    }
 }
+
+/// Starts the stage's lag and stall monitor on its own thread; it stops with `stop`.
+fn spawn_monitor(rt: &Runtime, stage: &'static str, input: Topic, stats: &Arc<StageStats>, stop: CancellationToken) {
+    let rt = rt.clone();
+    let stats = Arc::clone(stats);
+    let spawned = std::thread::Builder::new()
+        .name(format!("lag-{}", input.base_name()))
+        .spawn(move || monitor(&rt, stage, input, &stats, &stop));
+    if let Err(error) = spawned {
+        tracing::warn!(stage, %error, "cannot start the lag monitor");
+    }
+}
+
+/// Two clients outside the group: one reads the group's committed offsets (read_uncommitted,
+/// so the broker answers with the last commit instead of waiting for open transactions),
+/// one the partitions' last stable offsets (read_committed: ListOffsets then answers with
+/// the LSO, the end a read_committed stage can reach).
+struct LagClients {
+    offsets: BaseConsumer,
+    ends: BaseConsumer,
+    topic: String,
+}
+
+impl LagClients {
+    fn new(rt: &Runtime, stage: &str, input: Topic) -> KafkaResult<Self> {
+        let client = |isolation: &str| -> KafkaResult<BaseConsumer> {
+            rt.consumer_config()
+                .set("group.id", group_id(rt, stage))
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", isolation)
+                .create()
+        };
+        Ok(Self {
+            offsets: client("read_uncommitted")?,
+            ends: client("read_committed")?,
+            topic: rt.names.name(input).to_owned(),
+        })
+    }
+
+    /// Lag of each partition: last stable offset minus the committed offset (or the log
+    /// start when nothing is committed yet).
+    fn measure(&self, partitions: &BTreeSet<i32>) -> KafkaResult<BTreeMap<i32, u64>> {
+        let timeout = Duration::from_secs(2);
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(&self.topic, *p);
+        }
+        let committed = self.offsets.committed_offsets(tpl, timeout)?;
+        let mut lag = BTreeMap::new();
+        for p in partitions {
+            let (low, stable) = self.ends.fetch_watermarks(&self.topic, *p, timeout)?;
+            let done = committed
+                .find_partition(&self.topic, *p)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .unwrap_or(low)
+                .max(low);
+            lag.insert(*p, (stable - done).max(0) as u64);
+        }
+        Ok(lag)
+    }
+}
+
+/// What the monitor concludes from one measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StallCheck {
+    /// Unix ms since which input has waited without a commit, if it waits.
+    waiting_since_ms: Option<u64>,
+    stalled: bool,
+}
+
+/// The stall rule: input waits (lag above 0, or lag unknown while partitions are held) and
+/// nothing was committed for `stall_after` since it started waiting.
+fn check_stall(
+    previous: Option<u64>,
+    holds_partitions: bool,
+    lag: Option<u64>,
+    last_commit_ms: u64,
+    now_ms: u64,
+    stall_after: Duration,
+) -> StallCheck {
+    let waits = holds_partitions && lag.is_none_or(|l| l > 0);
+    if !waits {
+        return StallCheck { waiting_since_ms: None, stalled: false };
+    }
+    let since = previous.unwrap_or(now_ms);
+    let progress = since.max(last_commit_ms);
+    StallCheck {
+        waiting_since_ms: Some(since),
+        stalled: now_ms.saturating_sub(progress) >= stall_after.as_millis() as u64,
+    }
+}
+
+fn monitor(rt: &Runtime, stage: &'static str, input: Topic, stats: &StageStats, stop: &CancellationToken) {
+    let clients = match LagClients::new(rt, stage, input) {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::warn!(stage, %error, "cannot create the lag clients; no lag for this stage");
+            return;
+        }
+    };
+    let refresh = rt.runner.lag_refresh();
+    let mut waiting_since = None;
+    let mut shown: BTreeSet<i32> = BTreeSet::new();
+    loop {
+        let slept = Instant::now();
+        while slept.elapsed() < refresh {
+            if stop.is_cancelled() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50).min(refresh));
+        }
+        let partitions = stats.partitions();
+        let lag = if partitions.is_empty() {
+            Some(BTreeMap::new())
+        } else {
+            match clients.measure(&partitions) {
+                Ok(lag) => Some(lag),
+                Err(error) => {
+                    tracing::warn!(stage, %error, "reading consumer lag failed");
+                    None
+                }
+            }
+        };
+        if let Some(lag) = &lag {
+            for (p, l) in lag {
+                metrics::gauge!(telemetry::LAG, "stage" => stage, "partition" => p.to_string()).set(*l as f64);
+            }
+            // Partitions no longer held read 0 here (the new owner reports them).
+            for p in shown.difference(&partitions) {
+                metrics::gauge!(telemetry::LAG, "stage" => stage, "partition" => p.to_string()).set(0.0);
+            }
+            shown.clone_from(&partitions);
+            stats.lag_records.store(lag.values().sum(), Ordering::Relaxed);
+        }
+        let total = lag.as_ref().map(|l| l.values().sum::<u64>());
+        let check = check_stall(
+            waiting_since,
+            !partitions.is_empty(),
+            total,
+            stats.last_commit_ms.load(Ordering::Relaxed),
+            unix_ms(),
+            rt.runner.stall_after(),
+        );
+        waiting_since = check.waiting_since_ms;
+        let was = stats.stalled.swap(check.stalled, Ordering::SeqCst);
+        if check.stalled && !was {
+            let quiet_secs = unix_ms().saturating_sub(stats.last_commit_ms.load(Ordering::Relaxed)) / 1000;
+            tracing::error!(
+                stage,
+                lag = ?total,
+                seconds_without_commit = quiet_secs,
+                "stage stalled: input waits and nothing was committed (see docs/runbook-hanging-transaction.md)"
+            );
+        } else if was && !check.stalled {
+            tracing::info!(stage, "stage progressing again");
+        }
+        metrics::gauge!(telemetry::STALLED, "stage" => stage).set(if check.stalled { 1.0 } else { 0.0 });
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -96,16 +96,30 @@ pub fn existing_topics(kafka: &KafkaConfig) -> anyhow::Result<Vec<String>> {
     Ok(md.topics().iter().map(|t| t.name().to_owned()).collect())
 }
 
+/// Room above the producers' `message.max.bytes` in each topic's `max.message.bytes`: the
+/// broker checks whole record batches (framing, and lz4 output slightly larger than its
+/// input in the worst case), librdkafka single records.
+pub const TOPIC_FRAMING_BYTES: u32 = 64 * 1024;
+
+/// The `max.message.bytes` every pipeline topic is created with: above anything the
+/// runner's producers (limited to `kafka.max_message_bytes`) can send, so the broker never
+/// refuses a record the producer accepted.
+pub fn topic_max_message_bytes(kafka: &KafkaConfig) -> u32 {
+    kafka.max_message_bytes.saturating_add(TOPIC_FRAMING_BYTES)
+}
+
 /// Creates missing topics on a real cluster; existing topics are left as they are.
 pub async fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec], replication: i32) -> anyhow::Result<()> {
     let cfg = crate::preflight::client_config(kafka);
     let admin: AdminClient<DefaultClientContext> = cfg.create().context("creating Kafka admin client")?;
     let retention: Vec<String> = specs.iter().map(|s| s.retention_ms.to_string()).collect();
+    let max_message = topic_max_message_bytes(kafka).to_string();
     let new_topics: Vec<NewTopic<'_>> = specs
         .iter()
         .zip(&retention)
         .map(|(s, ret)| {
-            let t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(replication));
+            let t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(replication))
+                .set("max.message.bytes", &max_message);
             if s.compacted {
                 t.set("cleanup.policy", "compact").set("min.compaction.lag.ms", "0")
             } else {
@@ -194,5 +208,13 @@ mod tests {
                 .unwrap_or_else(|| panic!("docs/topics.md has no row for {}", t.base_name()));
             assert_eq!(row.contains("| sensitive |"), is_sensitive(t), "{row}");
         }
+    }
+
+    #[test]
+    fn topics_take_every_record_the_producers_accept() {
+        let mut kafka = KafkaConfig::new("b:9092");
+        assert!(topic_max_message_bytes(&kafka) > kafka.max_message_bytes);
+        kafka.max_message_bytes = 8 * 1024 * 1024;
+        assert_eq!(topic_max_message_bytes(&kafka), 8 * 1024 * 1024 + TOPIC_FRAMING_BYTES);
     }
 }

@@ -13,7 +13,7 @@ use hexcast_core::{
     Category, Certainty, Incident, IncidentStatus, IntoRecord, LatLng, Severity, Timestamp, Topic, Urgency,
 };
 use hexcast_proto::v1 as pb;
-use hexcast_runtime::{FaultInjection, spawn_stage};
+use hexcast_runtime::{FaultInjection, spawn_stage, spawn_stage_with_faults};
 use prost::Message as _;
 use rdkafka::ClientConfig;
 use rdkafka::Message as _;
@@ -87,7 +87,8 @@ async fn dedup_aborted_then_restarted_emits_no_second_new() {
     let faults = FaultInjection { abort_batch: Some(2), crash_before_commit_of_batch: Some(4) };
     let first_shutdown = CancellationToken::new();
     let factory = hexcast::targets::dedup_factory(&rt, &cfg.dedup, first_shutdown.clone());
-    let first = spawn_stage(&rt, &hexcast_core::topology::DEDUP, factory, first_shutdown, faults).expect("spawn");
+    let first =
+        spawn_stage_with_faults(&rt, &hexcast_core::topology::DEDUP, factory, first_shutdown, faults).expect("spawn");
     let stats = std::sync::Arc::clone(&first.stats);
     let err = first.join().await.expect_err("the first life must crash");
     assert!(err.to_string().contains("injected crash"), "{err:#}");
@@ -103,8 +104,7 @@ async fn dedup_aborted_then_restarted_emits_no_second_new() {
     // Second life: a new instance (same instance id) restores and finishes the work.
     let shutdown = CancellationToken::new();
     let factory = hexcast::targets::dedup_factory(&rt, &cfg.dedup, shutdown.clone());
-    let second = spawn_stage(&rt, &hexcast_core::topology::DEDUP, factory, shutdown.clone(), FaultInjection::default())
-        .expect("spawn");
+    let second = spawn_stage(&rt, &hexcast_core::topology::DEDUP, factory, shutdown.clone()).expect("spawn");
 
     let brokers = cfg.kafka.brokers.clone();
     let out = rt.names.name(Topic::Unique).to_owned();
@@ -169,7 +169,6 @@ async fn dedup_rebalanced_to_a_second_instance_emits_no_second_new() {
         &hexcast_core::topology::DEDUP,
         hexcast::targets::dedup_factory(&rt_a, &cfg.dedup, shutdown.clone()),
         shutdown.clone(),
-        FaultInjection::default(),
     )
     .expect("spawn a");
     let wave1: Vec<Incident> = (0..IDS).map(|j| incident(j, 1, now_ms)).collect();
@@ -189,7 +188,6 @@ async fn dedup_rebalanced_to_a_second_instance_emits_no_second_new() {
         &hexcast_core::topology::DEDUP,
         hexcast::targets::dedup_factory(&rt_b, &cfg_b.dedup, shutdown.clone()),
         shutdown.clone(),
-        FaultInjection::default(),
     )
     .expect("spawn b");
     let deadline = std::time::Instant::now() + Duration::from_secs(120);

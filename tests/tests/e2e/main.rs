@@ -10,6 +10,7 @@ mod ingest_feeds;
 mod interop;
 mod lifecycle;
 mod load_bench;
+mod oversized;
 mod pipeline;
 mod requests;
 mod resume;
