@@ -28,7 +28,7 @@ KNOWN_METRICS = {
     # later issues:
     "hexcast_policy_decisions_total",
     "hexcast_push_match_seconds",
-    "hexcast_push_delivery_latency_seconds",
+    "hexcast_push_delivery_seconds",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 METRIC_RE = re.compile(r"\b(hexcast_[a-z0-9_]+)")

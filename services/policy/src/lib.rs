@@ -222,6 +222,15 @@ impl Stage for Policy {
                 }
             }
         }
+        // Labels are bounded: three outcomes, and the rules of the policy file. A batch the
+        // runner retries counts again: the audit topic is the exact record.
+        let outcome = match decision.decision {
+            Decision::Allowed => "allowed",
+            Decision::Held => "held",
+            _ => "rejected",
+        };
+        metrics::counter!("hexcast_policy_decisions_total", "decision" => outcome, "rule" => decision.rule.clone())
+            .increment(1);
         out.push(PolicyOut::Decision(decision));
         Ok(())
     }
