@@ -407,6 +407,25 @@ struct Session {
     exactly_once: bool,
 }
 
+impl Drop for Session {
+    /// Leaves the group before the consumer is closed. A rebalance still pending when the
+    /// consumer closes (a stage stopped right after it joined) makes rust-rdkafka's close
+    /// call `assign` from inside librdkafka's close, which never returns; serving the
+    /// rebalance events here first, in bounded polls, leaves close nothing to do.
+    fn drop(&mut self) {
+        self.consumer.unsubscribe();
+        // At least a few polls (a join response may still be on its way), at most 2 s.
+        let (started, deadline) = (Instant::now(), Instant::now() + Duration::from_secs(2));
+        while Instant::now() < deadline {
+            let _ = self.consumer.poll(Duration::from_millis(50));
+            let unassigned = self.consumer.assignment().map(|a| a.count() == 0).unwrap_or(true);
+            if unassigned && started.elapsed() >= Duration::from_millis(300) {
+                break;
+            }
+        }
+    }
+}
+
 /// The consumer group of a stage.
 pub fn group_id(rt: &Runtime, stage: &str) -> String {
     format!("{}-{stage}", rt.kafka.group_prefix)
