@@ -522,6 +522,12 @@ cmd_start() {
   fi
   local p
   for p in "$PORT" "$CONTROLLER_PORT"; do
+    # A process killed a moment ago may still hold its sockets: the kernel releases its
+    # memory (and its /proc cmdline) before its files, so give the port a few seconds.
+    local free_by=$((SECONDS + 10))
+    while port_in_use "$p" && ((SECONDS < free_by)); do
+      sleep 0.2
+    done
     if port_in_use "$p"; then
       die "port $p is already in use (set HEXCAST_KAFKA_PORT)"
     fi
@@ -671,6 +677,11 @@ cmd_kill() {
   fi
   kill -KILL "$pid" 2>/dev/null || true
   wait_gone "$pid" 10 || die "broker pid $pid survived SIGKILL"
+  # Its sockets close last (after its /proc entry empties): wait for the port too.
+  local closed_by=$((SECONDS + 10))
+  while port_in_use "$PORT" && ((SECONDS < closed_by)); do
+    sleep 0.2
+  done
   log "killed broker pid $pid (SIGKILL)"
 }
 
