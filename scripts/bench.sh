@@ -38,8 +38,8 @@ cleanup() {
 trap cleanup EXIT
 
 case "$profile" in
-    release) cargo build --release --locked -p hexcast >&2; bin=target/release/hexcast ;;
-    debug) cargo build --locked -p hexcast >&2; bin=target/debug/hexcast ;;
+    release) cargo build --release --locked -p hexcast-bench >&2; bin=target/release/hexcast-bench ;;
+    debug) cargo build --locked -p hexcast-bench >&2; bin=target/debug/hexcast-bench ;;
     *) echo "bench.sh: BENCH_PROFILE must be release or debug, not $profile" >&2; exit 2 ;;
 esac
 scripts/kafka.sh fetch >&2
@@ -64,10 +64,10 @@ args=(
 if [[ -n "${BENCH_REPLAY:-}" ]]; then
     args+=(--replay "$BENCH_REPLAY" --speedup "${BENCH_SPEEDUP:-60}")
 fi
-"$bin" bench load "${args[@]}" "$@" | tee "$out/summary.txt"
+"$bin" load "${args[@]}" "$@" | tee "$out/summary.txt"
 
 if [[ "${BENCH_CITY_WIDE:-0}" != 0 ]]; then
     echo "bench.sh: city-wide alert to $BENCH_CITY_WIDE subscribers (hexcast bench push)" >&2
-    "$bin" bench push --subscribers "$BENCH_CITY_WIDE" | tee "$out/push.txt" | tail -n 1 > "$out/push.json"
+    "$bin" push --subscribers "$BENCH_CITY_WIDE" | tee "$out/push.txt" | tail -n 1 > "$out/push.json"
 fi
 echo "bench.sh: results in $out (result.json, report.html, latency.svg, throughput.svg, lag.svg)" >&2
