@@ -78,7 +78,7 @@ pub struct LoadBenchArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Replay a CAD export (CSV) instead of synthetic incidents, e.g.
-    /// ../shared/data/cad/montco_pa_911_2015-12_2016-01.csv; its times are compressed by
+    /// `cad/montco_pa_911_2015-12_2016-01.csv` in the public data folder; its times are compressed by
     /// `--speedup` and rewritten to the present so that policy judges them as fresh.
     #[arg(long)]
     pub replay: Option<PathBuf>,
@@ -117,8 +117,9 @@ pub struct LoadBenchArgs {
     /// Topic partitions of the in-process pipeline.
     #[arg(long, default_value_t = 6)]
     pub partitions: u32,
-    /// Folder of neighborhood GeoJSON files the population clusters around.
-    #[arg(long, default_value = "../shared/data/geofence/click_that_hood")]
+    /// Folder of neighborhood GeoJSON files the population clusters around (default:
+    /// `geofence/click_that_hood` in the public data folder, `HEXCAST_DATA`).
+    #[arg(long, default_value_os_t = crate::population::default_geofence())]
     pub geofence: PathBuf,
 }
 

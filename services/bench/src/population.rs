@@ -39,8 +39,9 @@ pub struct MatchBenchArgs {
     /// city_wide_polygon, neighborhoods_multipolygon); all when empty.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
-    /// Folder of neighborhood GeoJSON files.
-    #[arg(long, default_value = "../shared/data/geofence/click_that_hood")]
+    /// Folder of neighborhood GeoJSON files (default: `geofence/click_that_hood` in the
+    /// public data folder, `HEXCAST_DATA`).
+    #[arg(long, default_value_os_t = default_geofence())]
     pub geofence: PathBuf,
 }
 
@@ -62,10 +63,22 @@ fn ring_centroid(p: &geo::Polygon<f64>) -> Option<LatLng> {
 }
 
 /// Loads the cities.
+/// The neighborhood polygons of the public data folder (`HEXCAST_DATA`, see
+/// `hexcast-testdata`).
+pub fn default_geofence() -> PathBuf {
+    hexcast_testdata::dir().join("geofence/click_that_hood")
+}
+
 pub fn cities(dir: &PathBuf) -> anyhow::Result<Vec<City>> {
     let mut out = Vec::new();
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
+        .with_context(|| {
+            format!(
+                "reading the neighborhood polygons in {} (pass --geofence, or set {} to the public data folder)",
+                dir.display(),
+                hexcast_testdata::ENV
+            )
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "geojson"))
         .collect();

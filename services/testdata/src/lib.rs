@@ -1,5 +1,5 @@
-//! Where tests and benches find the public data sets (real 911 exports, CAP alerts, EIDO
-//! samples, neighborhood polygons). They are third-party data and not in the repository:
+//! Where tests, benches and the bench tool find the public data sets (real 911 exports,
+//! CAP alerts, EIDO samples, neighborhood polygons). They are third-party data and not in the repository:
 //! `HEXCAST_DATA` names the folder that holds `cad/`, `cap/`, `eido/` and `geofence/`
 //! (absolute, or relative to the workspace root); without it, `../shared/data` beside the
 //! checkout. A test that needs a file that is not there fails with one line saying what is

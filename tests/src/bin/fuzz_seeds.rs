@@ -20,8 +20,8 @@ use prost::Message as _;
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// The shared data folder.
-    #[arg(long, default_value = "../shared/data")]
+    /// The public data folder (default: `HEXCAST_DATA`, see `hexcast-testdata`).
+    #[arg(long, default_value_os_t = hexcast_testdata::dir())]
     data: PathBuf,
     /// Output: one folder per fuzz target.
     #[arg(long, default_value = "fuzz/corpus")]

@@ -12,11 +12,6 @@ use hexcast_match::SubscriberIndex;
 use hexcast_proto::v1 as pb;
 use hexcast_spatial::Spatial;
 
-fn data_dir() -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    std::env::var_os("HEXCAST_DATA").map_or_else(|| root.join("../shared/data"), std::path::PathBuf::from)
-}
-
 fn point_sub(id: &str, p: LatLng) -> pb::Subscription {
     pb::Subscription {
         subscriber_id: id.to_owned(),
@@ -85,9 +80,8 @@ fn a_sixty_thousand_vertex_polygon_is_accepted_as_alert_and_as_subscriber_area()
 
 #[test]
 fn new_york_borough_outlines_are_accepted_whole() {
-    let path = data_dir().join("geofence/click_that_hood/new-york-city-boroughs.geojson");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("public data missing: {} ({e}); set HEXCAST_DATA", path.display()));
+    let path = hexcast_testdata::path("geofence/click_that_hood/new-york-city-boroughs.geojson");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let shapes = hexcast::geojson::parse(&text).expect("geojson");
     let polygons: Vec<geo::Polygon<f64>> = shapes.into_iter().flat_map(|s| s.polygons).collect();
     let vertices: usize =

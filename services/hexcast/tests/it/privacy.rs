@@ -22,11 +22,6 @@ use rand::{Rng as _, SeedableRng as _};
 
 const EXPORT: &str = "cad/montco_pa_911_2015-12_2016-01.csv";
 
-fn data_dir() -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    std::env::var_os("HEXCAST_DATA").map_or_else(|| root.join("../shared/data"), std::path::PathBuf::from)
-}
-
 /// Every coordinate a notification batch carries.
 fn coordinates(b: &pb::NotificationBatch) -> Vec<(f64, f64)> {
     let mut out = Vec::new();
@@ -71,7 +66,7 @@ fn coarse_enough(q: (f64, f64), reports: &[LatLng], res: h3o::Resolution) -> boo
 
 #[test]
 fn no_notification_locates_a_montco_incident_more_finely_than_its_coarse_cell() {
-    let export = data_dir().join(EXPORT);
+    let export = hexcast_testdata::path(EXPORT);
     let payload = std::fs::read(&export)
         .unwrap_or_else(|e| panic!("public data missing: {} ({e}); set HEXCAST_DATA", export.display()));
     let now = Timestamp(1_454_284_800_000); // 2016-02-01T00:00:00Z, after the export
