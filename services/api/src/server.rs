@@ -268,17 +268,18 @@ pub async fn start(
 
 /// Starts the Review service on `listener`, over the review queue's pending holds. It
 /// shares the gateway's TLS, keepalive, size limits and shutdown (`cfg`), and reviewers
-/// authenticate with their own `tokens`.
+/// authenticate with their own `tokens`. Verdicts go through `writer`.
 pub async fn start_review(
     rt: &Runtime,
     cfg: &PushConfig,
     pending: PendingMap,
+    writer: Writer,
     tokens: Tokens,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ApiHandle> {
     let tls = cfg.tls()?;
-    let service = ReviewService::new(pending, Writer::new(rt, "review-verdicts")?, rt.clock.clone());
+    let service = ReviewService::new(pending, writer, rt.clock.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
     health.set_serving::<ReviewServer<ReviewService>>().await;

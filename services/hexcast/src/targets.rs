@@ -169,24 +169,17 @@ impl Running {
         self.stages.iter().find(|(t, _)| *t == target).map(|(_, h)| h)
     }
 
-    /// Waits until every stage's consumer has partitions (the group joins are done), so
-    /// that measurements do not include start-up.
+    /// Waits until the process is ready ([`Readiness`]: every stage holds partitions, the
+    /// index has caught up), so that measurements do not include start-up.
     pub async fn wait_assigned(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let readiness = self.readiness();
         loop {
-            let stages = self
-                .stages
-                .iter()
-                .map(|(_, h)| h)
-                .chain(self.push.as_ref().map(|p| &p.matcher))
-                .chain(self.review.as_ref().map(|r| &r.queue));
-            if stages.into_iter().all(|h| h.stats.assigned_partitions.load(std::sync::atomic::Ordering::SeqCst) > 0) {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "stages not assigned partitions within {timeout:?}"
-            );
+            let why = match readiness.check() {
+                Ok(()) => return Ok(()),
+                Err(why) => why,
+            };
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "not ready within {timeout:?}: {why}");
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
@@ -503,10 +496,20 @@ async fn start_review(
         )
     };
     let queue = spawn_stage(rt, &topology::REVIEW, factory, shutdown.clone())?;
-    let api =
-        hexcast_api::start_review(rt, &cfg.push, Arc::clone(&pending), tokens, listener, shutdown.clone()).await?;
-    let ticker =
-        spawn_ticker(rt, cfg.topics.partitions.get(), Duration::from_millis(cfg.review.tick_interval_ms), shutdown)?;
+    // One producer for the target: reviewers' verdicts and the ticks.
+    let writer = Writer::new(rt, "review")?;
+    let api = hexcast_api::start_review(
+        rt,
+        &cfg.push,
+        Arc::clone(&pending),
+        writer.clone(),
+        tokens,
+        listener,
+        shutdown.clone(),
+    )
+    .await?;
+    let every = Duration::from_millis(cfg.review.tick_interval_ms);
+    let ticker = ticker(writer, cfg.topics.partitions.get(), every, shutdown);
     let server = tokio::spawn(async move {
         let (served, ()) = tokio::join!(api.server, ticker);
         served.context("review gRPC server")?
@@ -516,32 +519,24 @@ async fn start_review(
 
 /// Writes a tick to every partition of `review` every `every`: the queue stage applies the
 /// timeout rule when it reads one, so time reaches the stage through the log.
-fn spawn_ticker(
-    rt: &Runtime,
-    partitions: u32,
-    every: Duration,
-    stop: CancellationToken,
-) -> anyhow::Result<impl std::future::Future<Output = ()> + use<>> {
-    let writer = Writer::new(rt, "review-ticker")?;
-    Ok(async move {
-        let mut interval = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = interval.tick() => {}
-            }
-            let ticks = (0..partitions as i32).map(|p| OutRecord {
-                topic: Topic::Review,
-                key: b"tick".to_vec(),
-                partition: Some(p),
-                payload: Some(b"t".to_vec()),
-                headers: vec![(header::SCHEMA.to_owned(), hexcast_review::queue::TICK_SCHEMA.as_bytes().to_vec())],
-            });
-            if let Err(error) = writer.write(ticks).await {
-                tracing::warn!(%error, "review ticks not delivered");
-            }
+async fn ticker(writer: Writer, partitions: u32, every: Duration, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = interval.tick() => {}
         }
-    })
+        let ticks = (0..partitions as i32).map(|p| OutRecord {
+            topic: Topic::Review,
+            key: b"tick".to_vec(),
+            partition: Some(p),
+            payload: Some(b"t".to_vec()),
+            headers: vec![(header::SCHEMA.to_owned(), hexcast_review::queue::TICK_SCHEMA.as_bytes().to_vec())],
+        });
+        if let Err(error) = writer.write(ticks).await {
+            tracing::warn!(%error, "review ticks not delivered");
+        }
+    }
 }
 
 /// Reads a policy file, with region GeoJSON files read by the binary's GeoJSON reader.
