@@ -14,7 +14,9 @@ import yaml
 
 # The metric names hexcast exports (README "Metrics", services/runtime/src/telemetry.rs),
 # plus the ones later issues add (marked). A name not here is a typo or a new metric that
-# must be added here on purpose.
+# must be added here on purpose. This offline list catches typos early; that every name the
+# rules and dashboards query really is on /metrics is asserted against a running pipeline
+# by tests/tests/metrics.rs.
 KNOWN_METRICS = {
     "hexcast_runner_records_received_total",
     "hexcast_runner_records_emitted_total",
@@ -29,6 +31,8 @@ KNOWN_METRICS = {
     "hexcast_policy_decisions_total",
     "hexcast_push_match_seconds",
     "hexcast_push_delivery_seconds",
+    "hexcast_runner_stalled",
+    "hexcast_runner_hanging_commits_closed_total",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 METRIC_RE = re.compile(r"\b(hexcast_[a-z0-9_]+)")

@@ -138,6 +138,10 @@ impl Dedup {
     /// A dedup stage with empty state. `cfg` must have passed [`DedupConfig::validate`].
     pub fn new(cfg: DedupConfig) -> Self {
         let grid_res = grid_resolution(cfg.merge_distance_m);
+        // Exported from the start (at 0), so that a rate over them is defined before the
+        // first eviction.
+        metrics::counter!(CAP_EVICTED).increment(0);
+        metrics::counter!(TTL_EXPIRED).increment(0);
         Self {
             cfg,
             reports: HashMap::new(),

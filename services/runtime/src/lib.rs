@@ -13,6 +13,7 @@ pub mod config;
 pub mod follower;
 pub mod preflight;
 pub mod reader;
+pub mod repair;
 pub mod restore;
 pub mod runner;
 pub mod shutdown;

@@ -17,7 +17,7 @@
 //! offsets against the last stable offset) and flags a stage whose input waits while
 //! nothing commits.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -337,6 +337,16 @@ const TXN_SLICE: Duration = Duration::from_millis(500);
 const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);
 /// Pause between two polls for delivery reports while outputs are in flight.
 const DRAIN_PAUSE: Duration = Duration::from_micros(250);
+/// How long a stage must be idle (no input, nothing held) before it commits the positions
+/// its consumer moved to past transaction markers and aborted records: without it the
+/// committed offset of an idle partition stays one marker short of the end, and its lag
+/// (what `kafka-consumer-groups` and the lag gauge show) never reaches 0.
+const IDLE_COMMIT_AFTER: Duration = Duration::from_secs(1);
+/// How long partitions may be held without a fetch position, while input waits, before
+/// the runner looks for a hanging transactional offset commit ([`crate::repair`]).
+const REPAIR_AFTER: Duration = Duration::from_secs(20);
+/// Least time between two such looks.
+const REPAIR_EVERY: Duration = Duration::from_secs(60);
 /// Room left in a record for the framing librdkafka counts in `message.max.bytes`.
 const RECORD_OVERHEAD_BYTES: usize = 4096;
 
@@ -405,6 +415,14 @@ struct Session {
     consumer: BaseConsumer<RunnerContext>,
     producer: BaseProducer<DeliveryContext>,
     exactly_once: bool,
+    /// The offsets this session committed last, per input partition.
+    committed: RefCell<BTreeMap<(String, i32), i64>>,
+    /// When this session last committed (or started).
+    last_commit: Cell<Instant>,
+    /// Since when held partitions have had no fetch position while input waits.
+    unpositioned_since: Cell<Option<Instant>>,
+    /// When the runner last looked for a hanging offset commit.
+    repair_looked: Cell<Option<Instant>>,
 }
 
 impl Drop for Session {
@@ -485,7 +503,135 @@ impl Session {
                 Err(e) => return Err(anyhow::Error::new(e)),
             }
         }
-        Ok(Self { consumer, producer, exactly_once })
+        Ok(Self {
+            consumer,
+            producer,
+            exactly_once,
+            committed: RefCell::new(BTreeMap::new()),
+            last_commit: Cell::new(Instant::now()),
+            unpositioned_since: Cell::new(None),
+            repair_looked: Cell::new(None),
+        })
+    }
+
+    /// Remembers what a successful commit committed.
+    fn committed(&self, offsets: &BTreeMap<(String, i32), i64>) {
+        self.committed.borrow_mut().extend(offsets.iter().map(|(k, v)| (k.clone(), *v)));
+        self.last_commit.set(Instant::now());
+    }
+
+    /// Forgets what this session committed (a rebalance: partitions may come back with
+    /// another member's commits).
+    fn forget_commits(&self) {
+        self.committed.borrow_mut().clear();
+        self.unpositioned_since.set(None);
+    }
+
+    /// Called when a poll brought nothing and no batch is held. Commits positions the
+    /// consumer moved to without delivering a record (transaction markers, aborted
+    /// records), once the stage has been idle for [`IDLE_COMMIT_AFTER`]; and when held
+    /// partitions have had no fetch position for [`REPAIR_AFTER`] while input waits, looks
+    /// for (and closes) a hanging transactional offset commit of this stage.
+    fn idle(&self, rt: &Runtime, stage: &'static str, stats: &StageStats, stop: &Stop) {
+        let Ok(assignment) = self.consumer.assignment() else { return };
+        if assignment.count() == 0 {
+            self.unpositioned_since.set(None);
+            return;
+        }
+        let Ok(positions) = self.consumer.position() else { return };
+        let mut known = BTreeMap::new();
+        let mut unpositioned = BTreeSet::new();
+        for e in positions.elements() {
+            match e.offset() {
+                Offset::Offset(o) => {
+                    known.insert((e.topic().to_owned(), e.partition()), o);
+                }
+                _ => {
+                    unpositioned.insert(e.partition());
+                }
+            }
+        }
+        if unpositioned.is_empty() || stats.lag_records.load(Ordering::Relaxed) == 0 {
+            self.unpositioned_since.set(None);
+        } else {
+            let since = self.unpositioned_since.get().unwrap_or_else(Instant::now);
+            self.unpositioned_since.set(Some(since));
+            let looked_recently = self.repair_looked.get().is_some_and(|t| t.elapsed() < REPAIR_EVERY);
+            if self.exactly_once && since.elapsed() >= REPAIR_AFTER && !looked_recently {
+                self.repair_looked.set(Some(Instant::now()));
+                self.repair(rt, stage, &unpositioned, stop);
+            }
+        }
+        if self.last_commit.get().elapsed() < IDLE_COMMIT_AFTER {
+            return;
+        }
+        let ahead: BTreeMap<(String, i32), i64> = {
+            let committed = self.committed.borrow();
+            known.into_iter().filter(|(k, o)| committed.get(k) != Some(o)).collect()
+        };
+        if ahead.is_empty() {
+            return;
+        }
+        match self.commit(&rt.names, &[], &ahead, stop, false, false) {
+            Ok(()) => {
+                self.committed(&ahead);
+                stats.last_commit_ms.store(unix_ms(), Ordering::Relaxed);
+                tracing::debug!(stage, partitions = ahead.len(), "idle: committed positions past markers");
+            }
+            Err(e) => {
+                // Nothing is lost: the next batch commits these positions anyway.
+                tracing::debug!(stage, error = %e, "idle: committing positions failed");
+                self.abandon(stop);
+                self.last_commit.set(Instant::now());
+            }
+        }
+    }
+
+    /// Looks for a hanging transactional offset commit of this stage on the group's
+    /// offsets partition and, if there is one, commits in a new transaction what the lost
+    /// marker would have left (see [`crate::repair`]).
+    fn repair(&self, rt: &Runtime, stage: &'static str, held: &BTreeSet<i32>, stop: &Stop) {
+        let group = group_id(rt, stage);
+        let txn_id = transactional_id(rt, stage);
+        let topic = self.consumer.assignment().ok().and_then(|a| a.elements().first().map(|e| e.topic().to_owned()));
+        let Some(topic) = topic else { return };
+        tracing::debug!(stage, partitions = ?held, "held partitions have no fetch position: looking for a hanging offset commit");
+        let finding =
+            crate::repair::investigate(&rt.client_config(), &group, &txn_id, &topic, held, Duration::from_secs(10));
+        let (outcome, offsets) = match finding {
+            Ok(crate::repair::Finding::Repair { outcome, offsets }) => (outcome, offsets),
+            Ok(crate::repair::Finding::NoOpenTransaction) => return,
+            Ok(other) => {
+                tracing::warn!(
+                    stage,
+                    finding = ?other,
+                    "input waits behind an open transaction on the group's offsets partition that this stage cannot close \
+                     (see docs/runbook-hanging-transaction.md)"
+                );
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(stage, %error, "looking for a hanging offset commit failed");
+                return;
+            }
+        };
+        let tpl_offsets: BTreeMap<(String, i32), i64> =
+            offsets.iter().map(|(p, o)| ((topic.clone(), *p), *o)).collect();
+        match self.commit(&rt.names, &[], &tpl_offsets, stop, false, false) {
+            Ok(()) => {
+                metrics::counter!(telemetry::REPAIRED, "stage" => stage).increment(1);
+                tracing::warn!(
+                    stage,
+                    ?outcome,
+                    offsets = ?offsets,
+                    "closed a hanging transactional offset commit left by an unclean broker stop"
+                );
+            }
+            Err(e) => {
+                tracing::error!(stage, error = %e, "closing a hanging offset commit failed; will look again");
+                self.abandon(stop);
+            }
+        }
     }
 
     /// Takes what the consumer has already fetched (up to `max`), waiting up to 100 ms for a
@@ -914,6 +1060,14 @@ where
     let monitor_stop = stop.token.child_token();
     let _monitor_guard = monitor_stop.clone().drop_guard();
     spawn_monitor(&rt, name, input, &stats, monitor_stop);
+    // Every series of the stage exists from its start (at 0): an alert rule's rate() over
+    // a counter that appears only with its first event would be undefined until then.
+    for counter in
+        [telemetry::RECEIVED, telemetry::FILTERED, telemetry::BATCHES, telemetry::ABORTED, telemetry::REPAIRED]
+    {
+        metrics::counter!(counter, "stage" => name).increment(0);
+    }
+    metrics::gauge!(telemetry::STALLED, "stage" => name).set(0.0);
     let max_bytes = rt.kafka.max_message_bytes as usize;
     let mut poisoned = Poisoned::new();
     let mut batch_no: u64 = 0;
@@ -947,10 +1101,12 @@ where
             }
             let Some(batch) = session.collect(&rt.runner)? else {
                 // Rebalanced: whatever was read is abandoned and state rebuilt.
+                session.forget_commits();
                 stage = factory();
                 continue;
             };
             if batch.is_empty() {
+                session.idle(&rt, name, &stats, &stop);
                 continue;
             }
             batch_no += 1;
@@ -961,6 +1117,7 @@ where
             let fail = faults.abort_at == Some(batch_no);
             match session.commit(&rt.names, &processed.outputs, &processed.offsets, &stop, crash, fail) {
                 Ok(()) => {
+                    session.committed(&processed.offsets);
                     record_batch(name, &stats, &batch, &processed, started);
                     if !poisoned.is_empty() {
                         for m in &batch {

@@ -29,6 +29,8 @@ pub const LAG: &str = "hexcast_runner_consumer_lag_records";
 /// 1 while the stage is stalled: its input waits and nothing was committed for
 /// `runner.stall_after_secs`.
 pub const STALLED: &str = "hexcast_runner_stalled";
+/// Hanging transactional offset commits the runner closed (after an unclean broker stop).
+pub const REPAIRED: &str = "hexcast_runner_hanging_commits_closed_total";
 /// Per input record: from its timestamp (when it was produced to the stage's input topic)
 /// to the commit of the batch that consumed it. The stage's share of the latency.
 pub const RECORD_LATENCY_SECONDS: &str = "hexcast_runner_record_latency_seconds";
@@ -56,6 +58,7 @@ pub fn describe() {
     metrics::describe_counter!(ABORTED, "batches abandoned and retried");
     metrics::describe_gauge!(LAG, "consumer lag in records (last stable offset minus committed), by partition");
     metrics::describe_gauge!(STALLED, "1 while input waits and the stage commits nothing");
+    metrics::describe_counter!(REPAIRED, "hanging transactional offset commits closed by the runner");
     metrics::describe_histogram!(
         RECORD_LATENCY_SECONDS,
         metrics::Unit::Seconds,

@@ -12,6 +12,7 @@ mod lifecycle;
 mod load_bench;
 mod oversized;
 mod pipeline;
+mod repair;
 mod requests;
 mod resume;
 mod review;

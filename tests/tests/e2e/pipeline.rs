@@ -157,6 +157,7 @@ async fn pipeline_delivers_exactly_the_expected_notifications_for_1000_incidents
     let mut cfg = common::config("pipeline");
     cfg.topics.partitions = NonZeroU32::new(3).expect("nonzero");
     cfg.topics.shards = NonZeroU32::new(4).expect("nonzero");
+    cfg.runner.lag_refresh_ms = 200;
     hexcast::create_topics(&cfg).await.expect("create topics");
     let rt = hexcast::runtime(&cfg);
     let tokens = Tokens::new(TENANTS.iter().map(|(t, tok, _)| ((*t).to_owned(), (*tok).to_owned())));
@@ -243,6 +244,32 @@ async fn pipeline_delivers_exactly_the_expected_notifications_for_1000_incidents
         });
         let reason = String::from_utf8(reason.expect("reason header")).expect("utf8");
         assert!(["malformed_json", "invalid_coordinates", "missing_field"].contains(&reason.as_str()), "{reason}");
+    }
+
+    // Idle now: every stage's lag reaches 0 (its committed offsets step over the transaction
+    // markers that end its input, as `kafka-consumer-groups` would show) and none is stalled.
+    let stages: Vec<(&str, std::sync::Arc<hexcast_runtime::StageStats>)> = running
+        .stages
+        .iter()
+        .map(|(t, h)| (t.stage().name, std::sync::Arc::clone(&h.stats)))
+        .chain(std::iter::once(("push", std::sync::Arc::clone(&push.matcher.stats))))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let lagging: Vec<(&str, u64)> = stages
+            .iter()
+            .map(|(n, s)| (*n, s.lag_records.load(std::sync::atomic::Ordering::Relaxed)))
+            .filter(|(_, l)| *l > 0)
+            .collect();
+        if lagging.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "lag never reached 0 while idle: {lagging:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (name, s) in &stages {
+        assert!(!s.is_stalled(), "{name} flagged stalled while idle");
+        assert!(!s.partitions().is_empty(), "{name} holds no partitions");
     }
 
     shutdown.cancel();
