@@ -219,7 +219,7 @@ fn read_partition(
     consumer.assign(&tpl)?;
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
+        match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 let ts = m.timestamp().to_millis().unwrap_or(0);
                 each(m.key().unwrap_or_default(), m.payload(), ts);
@@ -229,6 +229,13 @@ fn read_partition(
             }
             Some(Err(e)) => return Err(e),
             None => {}
+        }
+        // A range that ends with transaction markers delivers no record at its end; the
+        // position steps over them.
+        let position = consumer.position()?;
+        let done = position.elements().iter().any(|e| matches!(e.offset(), Offset::Offset(o) if o >= until));
+        if done {
+            return Ok(());
         }
     }
     Err(KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::OperationTimedOut))

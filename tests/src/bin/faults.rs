@@ -30,8 +30,11 @@ use hexcast_policy::{Policy, PolicyConfig, PolicyOut};
 use hexcast_proto::v1 as pb;
 use hexcast_spatial::Spatial;
 use rdkafka::ClientConfig;
+use rdkafka::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
@@ -247,6 +250,55 @@ fn incidents(rng: &mut Rng, n: usize, now_ms: i64) -> Vec<(String, Vec<u8>)> {
 }
 
 type Notification = (String, String, String);
+
+/// How many committed records of `topic` carry each key (read_committed, whole topic).
+fn key_counts(brokers: &str, topic: &str) -> anyhow::Result<BTreeMap<String, usize>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-faults-check"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let timeout = Duration::from_secs(10);
+    let md = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> =
+        md.topics().first().map(|t| t.partitions().iter().map(|p| p.id()).collect()).unwrap_or_default();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        if high > low {
+            tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
+            ends.insert(p, high);
+        }
+    }
+    consumer.assign(&tpl)?;
+    let mut counts = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ends.is_empty() {
+        ensure!(Instant::now() < deadline, "reading {topic}: partitions {:?} not read to their end", ends.keys());
+        // The end is the last stable offset; control records and aborted records are
+        // skipped, so a partition is done once its position reaches it.
+        if let Ok(positions) = consumer.position() {
+            for e in positions.elements() {
+                if let Offset::Offset(o) = e.offset()
+                    && ends.get(&e.partition()).is_some_and(|end| o >= *end)
+                {
+                    ends.remove(&e.partition());
+                }
+            }
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                *counts.entry(key).or_default() += 1;
+            }
+            Some(Err(e)) => bail!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    Ok(counts)
+}
 
 /// What the services must deliver: the same stages and index, in process.
 fn expected(
@@ -696,6 +748,18 @@ async fn main() -> anyhow::Result<()> {
     let alerts_partial = per_alert.values().filter(|(want, got)| *got > 0 && got < want).count();
     let alerts_missing = per_alert.values().filter(|(_, got)| *got == 0).count();
     let kills: BTreeMap<String, u32> = cluster.procs.iter().map(|p| (p.name.clone(), p.kills)).collect();
+
+    // Poison records: each malformed raw record (every copy the feed's resends wrote) is
+    // dead-lettered exactly once, through the same kills and broker restart.
+    let raw_counts = key_counts(&args.brokers, &format!("{prefix}.incidents.raw"))?;
+    let dl_counts = key_counts(&args.brokers, &format!("{prefix}.incidents.deadletter"))?;
+    let poison: BTreeMap<&String, usize> =
+        raw_counts.iter().filter(|(k, _)| k.starts_with("bad-")).map(|(k, n)| (k, *n)).collect();
+    let dead_letter_mismatch: Vec<(&String, usize, usize)> = poison
+        .iter()
+        .map(|(k, n)| (*k, *n, dl_counts.get(*k).copied().unwrap_or(0)))
+        .filter(|(_, want, got)| want != got)
+        .collect();
     let summary = serde_json::json!({
         "seed": args.seed,
         "duration_s": args.duration,
@@ -716,6 +780,9 @@ async fn main() -> anyhow::Result<()> {
         "push_instances_added_removed": 1,
         "backend_reconnects": got.reconnects.load(Ordering::Relaxed),
         "raw_resends": resends.load(Ordering::Relaxed),
+        "poison_records": poison.values().sum::<usize>(),
+        "dead_letters": dl_counts.values().sum::<usize>(),
+        "dead_letter_mismatches": dead_letter_mismatch.len(),
         "drain_s": (t0.elapsed() - fed_at).as_secs_f64().round(),
         "total_s": started.elapsed().as_secs_f64().round(),
     });
@@ -730,6 +797,12 @@ async fn main() -> anyhow::Result<()> {
             unexpected.iter().take(5).collect::<Vec<_>>()
         );
     }
+    ensure!(
+        dead_letter_mismatch.is_empty(),
+        "poison records not dead-lettered exactly once (key, raw copies, dead letters): {:?}",
+        &dead_letter_mismatch[..dead_letter_mismatch.len().min(5)]
+    );
+    ensure!(!poison.is_empty(), "the scenario had no poison record");
     ensure!(!expected.is_empty(), "the scenario expected no notification at all");
     Ok(())
 }

@@ -70,6 +70,22 @@ async fn repair_reads_kafkas_internal_records_and_leaves_a_transaction_in_progre
         let finding = investigate(&client, &group, &txn_id, &topic, &held, t).expect("investigate");
         assert_eq!(finding, Finding::NotOurs { pending_commits: 1 }, "an open transaction in progress");
 
+        // Another producer commits a transaction with offsets after it: the range to read
+        // now ends with a COMMIT marker, which delivers no record (the test broker has one
+        // `__consumer_offsets` partition, so both groups share it).
+        let other: BaseProducer =
+            client.clone().set("transactional.id", format!("{txn_id}-later")).create().expect("producer");
+        let other_group: BaseConsumer =
+            client.clone().set("group.id", format!("{group}-later")).create().expect("consumer");
+        other.init_transactions(t).expect("init");
+        other.begin_transaction().expect("begin");
+        other
+            .send_offsets_to_transaction(&offsets(1), &other_group.group_metadata().expect("metadata"), t)
+            .expect("offsets");
+        other.commit_transaction(t).expect("commit");
+        let finding = investigate(&client, &group, &txn_id, &topic, &held, t).expect("investigate");
+        assert_eq!(finding, Finding::NotOurs { pending_commits: 1 }, "a range that ends with a marker");
+
         // Another partition held only: the pending commit is not on it.
         let finding = investigate(&client, &group, &txn_id, &topic, &BTreeSet::from([0]), t).expect("investigate");
         assert_eq!(finding, Finding::NotOurs { pending_commits: 0 });
