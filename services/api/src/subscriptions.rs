@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::StreamExt as _;
 use hexcast_core::cells::{GeoConfig, ShardMap};
 use hexcast_core::taxonomy::validate_prefix;
-use hexcast_core::{Area, OutRecord, Place, Severity, Subscription, SubscriptionFilter, Timestamp, Topic};
+use hexcast_core::{Area, Delivery, OutRecord, Place, Severity, Subscription, SubscriptionFilter, Timestamp, Topic};
 use hexcast_proto::v1 as pb;
 use hexcast_proto::v1::subscriptions_server::Subscriptions;
 use tonic::{Request, Response, Status, Streaming};
@@ -89,6 +89,10 @@ pub fn stored_subscription(
     }
     let min_severity = Severity::try_from(filter.min_severity)
         .map_err(|_| PushError::invalid("subscription.filter.min_severity", "unknown severity"))?;
+    let delivery = match api.delivery {
+        Some(d) => delivery(d)?,
+        None => Delivery::default(),
+    };
     let (_, shards) = hexcast_match::index::shards_of(&places, shard_map);
     Ok(Subscription {
         tenant: tenant.to_owned(),
@@ -97,7 +101,41 @@ pub fn stored_subscription(
         places,
         filter: SubscriptionFilter { categories: filter.categories, min_severity, attributes: filter.attributes },
         updated_at: now,
+        delivery,
     })
+}
+
+/// Most preferred languages a subscription may list.
+pub const MAX_LANGUAGES: usize = 8;
+
+/// Checks delivery preferences: language tags (`es`, `es-MX`; at most
+/// [`MAX_LANGUAGES`]), quiet-hour minutes within a day and a known IANA time zone.
+fn delivery(d: pb::DeliveryPreferences) -> Result<Delivery, PushError> {
+    if d.languages.len() > MAX_LANGUAGES {
+        return Err(PushError::invalid("subscription.delivery.languages", format!("at most {MAX_LANGUAGES}")));
+    }
+    for (i, l) in d.languages.iter().enumerate() {
+        let ok = l.len() <= 35
+            && l.split('-').enumerate().all(|(j, p)| {
+                let len_ok = if j == 0 { (2..=3).contains(&p.len()) } else { (1..=8).contains(&p.len()) };
+                len_ok && p.chars().all(|c| c.is_ascii_alphanumeric())
+            });
+        if !ok {
+            return Err(PushError::invalid(
+                format!("subscription.delivery.languages[{i}]"),
+                "expected a language tag such as es or es-MX",
+            ));
+        }
+    }
+    if let Some(q) = &d.quiet_hours
+        && hexcast_match::delivery::parse_time_zone(&q.time_zone).is_none()
+    {
+        return Err(PushError::invalid(
+            "subscription.delivery.quiet_hours.time_zone",
+            "expected an IANA time zone such as America/New_York",
+        ));
+    }
+    Delivery::try_from(d).map_err(|e| PushError::invalid("subscription.delivery", e))
 }
 
 /// The Subscriptions service.
