@@ -216,3 +216,51 @@ impl ApiState {
         stored_subscription(&self.geo, &self.shards, self.max_cells_per_subscription, tenant, api, now)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(delivery: pb::DeliveryPreferences) -> pb::Subscription {
+        pb::Subscription {
+            subscriber_id: "s".into(),
+            areas: vec![pb::Area { shape: Some(pb::area::Shape::Point(pb::LatLng { lat: 40.71, lng: -74.0 })) }],
+            delivery: Some(delivery),
+            ..Default::default()
+        }
+    }
+
+    fn store(d: pb::DeliveryPreferences) -> Result<Subscription, PushError> {
+        let geo = GeoConfig::default();
+        let shards = ShardMap { territory_res: geo.territory_resolution, shards: 4 };
+        stored_subscription(&geo, &shards, 1_000, "t", api(d), Timestamp(0))
+    }
+
+    fn quiet(start: u32, end: u32, zone: &str) -> Option<pb::QuietHours> {
+        Some(pb::QuietHours { start_minute: start, end_minute: end, time_zone: zone.into() })
+    }
+
+    #[test]
+    fn delivery_preferences_are_checked_and_stored() {
+        let ok = pb::DeliveryPreferences {
+            languages: vec!["es-MX".into(), "en".into()],
+            quiet_hours: quiet(22 * 60, 7 * 60, "America/New_York"),
+            max_alerts_per_hour: 3,
+        };
+        let stored = store(ok.clone()).expect("valid");
+        assert_eq!(stored.delivery.languages, ["es-MX", "en"]);
+        assert_eq!(stored.delivery.max_alerts_per_hour, 3);
+        // The stored form round-trips through the topic's message.
+        assert_eq!(Subscription::try_from(pb::Subscription::from(&stored)), Ok(stored));
+        let field = |d: pb::DeliveryPreferences| match store(d) {
+            Err(PushError::Invalid { field, .. }) => field,
+            other => panic!("expected invalid, got {other:?}"),
+        };
+        let bad_zone = pb::DeliveryPreferences { quiet_hours: quiet(0, 60, "Mars/Olympus"), ..ok.clone() };
+        assert_eq!(field(bad_zone), "subscription.delivery.quiet_hours.time_zone");
+        let bad_minute = pb::DeliveryPreferences { quiet_hours: quiet(0, 1440, "UTC"), ..ok.clone() };
+        assert_eq!(field(bad_minute), "subscription.delivery");
+        let bad_tag = pb::DeliveryPreferences { languages: vec!["en".into(), "spanish language".into()], ..ok };
+        assert_eq!(field(bad_tag), "subscription.delivery.languages[1]");
+    }
+}

@@ -1059,6 +1059,54 @@ mod tests {
     }
 
     #[test]
+    fn alert_texts_round_trip_and_the_subscriber_language_is_chosen() {
+        let c = LatLng::new(40.29, -75.58).expect("valid");
+        let alert = Alert {
+            headline: "Robbery near MAIN ST".into(),
+            texts: vec![
+                AlertText { language: "es".into(), headline: "Reporte de robo".into(), body: "b".into() },
+                AlertText { language: "fr-CA".into(), headline: "Vol".into(), body: "c".into() },
+            ],
+            ..Alert::synthetic(
+                "i@1",
+                Category::parse("crime.robbery").expect("known"),
+                Area::circle(c, 400.0).expect("valid"),
+            )
+        };
+        assert_eq!(Alert::try_from(pb::Alert::from(&alert)), Ok(alert.clone()));
+        let pick =
+            |prefs: &[&str]| alert.language_for(&prefs.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>()).to_owned();
+        assert_eq!(pick(&[]), "en");
+        assert_eq!(pick(&["de", "ES-mx", "en"]), "es", "a region subtag takes the bare language; case ignored");
+        assert_eq!(pick(&["fr"]), "en", "fr does not take fr-CA (less specific than offered)");
+        assert_eq!(pick(&["fr-CA"]), "fr-CA");
+        assert_eq!(pick(&["english"]), "en");
+        let es = alert.in_language("es");
+        assert_eq!((es.language.as_str(), es.headline.as_str(), es.texts.len()), ("es", "Reporte de robo", 0));
+        assert_eq!(alert.in_language("de").headline, "Robbery near MAIN ST");
+        // An alert written before languages existed reads as English.
+        let mut old = pb::Alert::from(&alert);
+        old.language.clear();
+        assert_eq!(Alert::try_from(old).map(|a| a.language), Ok("en".to_owned()));
+    }
+
+    #[test]
+    fn quiet_hours_out_of_range_or_without_zone_are_refused() {
+        let q = |start, end, zone: &str| pb::DeliveryPreferences {
+            quiet_hours: Some(pb::QuietHours { start_minute: start, end_minute: end, time_zone: zone.into() }),
+            ..Default::default()
+        };
+        assert!(Delivery::try_from(q(1320, 420, "America/New_York")).is_ok());
+        assert_eq!(
+            Delivery::try_from(q(1440, 0, "UTC")),
+            Err(DecodeModelError::OutOfRange { field: "delivery.quiet_hours.start_minute", value: 1440 })
+        );
+        assert_eq!(Delivery::try_from(q(0, 60, "")), Err(DecodeModelError::Missing("delivery.quiet_hours.time_zone")));
+        // The default is not written at all.
+        assert_eq!(Option::<pb::DeliveryPreferences>::from(&Delivery::default()), None);
+    }
+
+    #[test]
     fn incident_with_unknown_category_is_refused() {
         let mut p = pb::Incident::from(&incident());
         p.category = "crime.jaywalking".into();
