@@ -52,6 +52,7 @@ def subscription(sub):
     return subscription_pb2.Subscription(
         subscriber_id=sub["id"],
         areas=[geo_pb2.Area(point=geo_pb2.LatLng(lat=sub["lat"], lng=sub["lng"]))],
+        delivery=subscription_pb2.DeliveryPreferences(languages=sub.get("languages", [])),
     )
 
 
@@ -151,14 +152,17 @@ def main():
 
     received = []  # (alert id, subscriber id), in arrival order, duplicates kept
     batches = []
+    texts = {}  # subscriber id -> [language, headline] of the last batch that named it
 
     def take(batch):
         assert batch.tenant, batch
         assert len(batch.subscriber_ids) <= args.max_batch_ids, batch
         assert batch.cursor, batch
         batches.append(batch.cursor)
+        assert batch.language == (batch.alert.language or "en"), batch
         for sid in batch.subscriber_ids:
             received.append((batch.alert.alert_id, sid))
+            texts[sid] = [batch.language, batch.alert.headline]
 
     # First connection: from the beginning, drop the connection after a few batches.
     wait_for("phase1")
@@ -191,7 +195,7 @@ def main():
             break
         take(batch)
     stream.cancel()
-    emit("done", pairs=received, batches=len(batches))
+    emit("done", pairs=received, batches=len(batches), texts=texts)
     channel.close()
 
 

@@ -112,6 +112,8 @@ impl Push for PushService {
                         parts: batch.parts,
                         request: batch.request.clone(),
                         nearby_assets: batch.nearby_assets.clone(),
+                        language: batch.language.clone(),
+                        deferred_from_ms: batch.deferred_from_ms,
                     };
                     if tx.send(Ok(out)).await.is_err() {
                         break;

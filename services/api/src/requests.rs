@@ -537,6 +537,7 @@ mod tests {
             filter: Default::default(),
             shards: vec![],
             updated_at: Timestamp(0),
+            delivery: Default::default(),
         };
         let disc = |d: f64, r: f32| hexcast_core::Place::Disc {
             cell: c.destination(0.0, d).cell(h3o::Resolution::Eleven),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::StreamExt as _;
 use hexcast_core::cells::{GeoConfig, ShardMap};
 use hexcast_core::taxonomy::validate_prefix;
-use hexcast_core::{Area, OutRecord, Place, Severity, Subscription, SubscriptionFilter, Timestamp, Topic};
+use hexcast_core::{Area, Delivery, OutRecord, Place, Severity, Subscription, SubscriptionFilter, Timestamp, Topic};
 use hexcast_proto::v1 as pb;
 use hexcast_proto::v1::subscriptions_server::Subscriptions;
 use tonic::{Request, Response, Status, Streaming};
@@ -89,6 +89,10 @@ pub fn stored_subscription(
     }
     let min_severity = Severity::try_from(filter.min_severity)
         .map_err(|_| PushError::invalid("subscription.filter.min_severity", "unknown severity"))?;
+    let delivery = match api.delivery {
+        Some(d) => delivery(d)?,
+        None => Delivery::default(),
+    };
     let (_, shards) = hexcast_match::index::shards_of(&places, shard_map);
     Ok(Subscription {
         tenant: tenant.to_owned(),
@@ -97,7 +101,41 @@ pub fn stored_subscription(
         places,
         filter: SubscriptionFilter { categories: filter.categories, min_severity, attributes: filter.attributes },
         updated_at: now,
+        delivery,
     })
+}
+
+/// Most preferred languages a subscription may list.
+pub const MAX_LANGUAGES: usize = 8;
+
+/// Checks delivery preferences: language tags (`es`, `es-MX`; at most
+/// [`MAX_LANGUAGES`]), quiet-hour minutes within a day and a known IANA time zone.
+fn delivery(d: pb::DeliveryPreferences) -> Result<Delivery, PushError> {
+    if d.languages.len() > MAX_LANGUAGES {
+        return Err(PushError::invalid("subscription.delivery.languages", format!("at most {MAX_LANGUAGES}")));
+    }
+    for (i, l) in d.languages.iter().enumerate() {
+        let ok = l.len() <= 35
+            && l.split('-').enumerate().all(|(j, p)| {
+                let len_ok = if j == 0 { (2..=3).contains(&p.len()) } else { (1..=8).contains(&p.len()) };
+                len_ok && p.chars().all(|c| c.is_ascii_alphanumeric())
+            });
+        if !ok {
+            return Err(PushError::invalid(
+                format!("subscription.delivery.languages[{i}]"),
+                "expected a language tag such as es or es-MX",
+            ));
+        }
+    }
+    if let Some(q) = &d.quiet_hours
+        && hexcast_match::delivery::parse_time_zone(&q.time_zone).is_none()
+    {
+        return Err(PushError::invalid(
+            "subscription.delivery.quiet_hours.time_zone",
+            "expected an IANA time zone such as America/New_York",
+        ));
+    }
+    Delivery::try_from(d).map_err(|e| PushError::invalid("subscription.delivery", e))
 }
 
 /// The Subscriptions service.
@@ -176,5 +214,53 @@ impl ApiState {
     /// Turns an API subscription into the stored form (see [`stored_subscription`]).
     pub fn to_stored(&self, tenant: &str, api: pb::Subscription, now: Timestamp) -> Result<Subscription, PushError> {
         stored_subscription(&self.geo, &self.shards, self.max_cells_per_subscription, tenant, api, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(delivery: pb::DeliveryPreferences) -> pb::Subscription {
+        pb::Subscription {
+            subscriber_id: "s".into(),
+            areas: vec![pb::Area { shape: Some(pb::area::Shape::Point(pb::LatLng { lat: 40.71, lng: -74.0 })) }],
+            delivery: Some(delivery),
+            ..Default::default()
+        }
+    }
+
+    fn store(d: pb::DeliveryPreferences) -> Result<Subscription, PushError> {
+        let geo = GeoConfig::default();
+        let shards = ShardMap { territory_res: geo.territory_resolution, shards: 4 };
+        stored_subscription(&geo, &shards, 1_000, "t", api(d), Timestamp(0))
+    }
+
+    fn quiet(start: u32, end: u32, zone: &str) -> Option<pb::QuietHours> {
+        Some(pb::QuietHours { start_minute: start, end_minute: end, time_zone: zone.into() })
+    }
+
+    #[test]
+    fn delivery_preferences_are_checked_and_stored() {
+        let ok = pb::DeliveryPreferences {
+            languages: vec!["es-MX".into(), "en".into()],
+            quiet_hours: quiet(22 * 60, 7 * 60, "America/New_York"),
+            max_alerts_per_hour: 3,
+        };
+        let stored = store(ok.clone()).expect("valid");
+        assert_eq!(stored.delivery.languages, ["es-MX", "en"]);
+        assert_eq!(stored.delivery.max_alerts_per_hour, 3);
+        // The stored form round-trips through the topic's message.
+        assert_eq!(Subscription::try_from(pb::Subscription::from(&stored)), Ok(stored));
+        let field = |d: pb::DeliveryPreferences| match store(d) {
+            Err(PushError::Invalid { field, .. }) => field,
+            other => panic!("expected invalid, got {other:?}"),
+        };
+        let bad_zone = pb::DeliveryPreferences { quiet_hours: quiet(0, 60, "Mars/Olympus"), ..ok.clone() };
+        assert_eq!(field(bad_zone), "subscription.delivery.quiet_hours.time_zone");
+        let bad_minute = pb::DeliveryPreferences { quiet_hours: quiet(0, 1440, "UTC"), ..ok.clone() };
+        assert_eq!(field(bad_minute), "subscription.delivery");
+        let bad_tag = pb::DeliveryPreferences { languages: vec!["en".into(), "spanish language".into()], ..ok };
+        assert_eq!(field(bad_tag), "subscription.delivery.languages[1]");
     }
 }

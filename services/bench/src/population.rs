@@ -146,6 +146,7 @@ pub fn population(cities: &[City], n: usize, geo: &GeoConfig, seed: u64) -> anyh
             filter: Default::default(),
             shards: vec![],
             updated_at: Timestamp(0),
+            delivery: Default::default(),
         });
     }
     Ok(subs)

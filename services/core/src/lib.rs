@@ -16,8 +16,8 @@ pub mod topology;
 
 pub use geo::{Area, GeoError, LatLng};
 pub use model::{
-    Alert, DecodeModelError, EventKind, HeldAlert, Incident, IncidentEvent, IndexedAlert, LocalizedText,
-    NotificationBatch, Place, PolicyDecision, Sensitive, Subscription, SubscriptionFilter,
+    Alert, AlertText, DecodeModelError, Delivery, EventKind, HeldAlert, Incident, IncidentEvent, IndexedAlert,
+    LocalizedText, NotificationBatch, Place, PolicyDecision, QuietHours, Sensitive, Subscription, SubscriptionFilter,
 };
 pub use record::{
     ChangelogRecord, DecodeError, FromRecord, InRecord, IntoRecord, OutRecord, PartitionedRecord, Topic, header,

@@ -27,6 +27,9 @@ pub enum DecodeModelError {
     /// An enum value this version does not know.
     #[error("unknown value {value} for `{field}`")]
     UnknownEnum { field: &'static str, value: i32 },
+    /// A number outside its range.
+    #[error("value {value} out of range for `{field}`")]
+    OutOfRange { field: &'static str, value: i64 },
 }
 
 fn geo_err(field: &'static str) -> impl FnOnce(GeoError) -> DecodeModelError {
@@ -354,6 +357,66 @@ pub struct Alert {
     pub rule: String,
     /// When the raw record was published.
     pub published_at: Option<Timestamp>,
+    /// Language of `headline` and `body` (BCP 47); [`DEFAULT_LANGUAGE`] unless the policy
+    /// says otherwise.
+    pub language: String,
+    /// The headline and body in other languages, one per language.
+    pub texts: Vec<AlertText>,
+}
+
+/// The language of an alert's text when nothing else is said.
+pub const DEFAULT_LANGUAGE: &str = "en";
+
+/// One language's headline and body of an alert.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlertText {
+    /// BCP 47 tag.
+    pub language: String,
+    /// Headline (at most 90 characters).
+    pub headline: String,
+    /// Body (at most 360 characters).
+    pub body: String,
+}
+
+/// Whether a preferred language tag accepts an available one: equal ignoring case, or the
+/// preference is more specific than what is available (`es-MX` accepts `es`).
+fn language_accepts(preferred: &str, available: &str) -> bool {
+    preferred.eq_ignore_ascii_case(available)
+        || preferred
+            .get(..available.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(available) && preferred[available.len()..].starts_with('-'))
+}
+
+impl Alert {
+    /// The language of this alert's texts that a subscriber with these preferences gets:
+    /// the first preference the alert has (exactly, or `es` for `es-MX`), else the
+    /// alert's default language.
+    pub fn language_for(&self, preferred: &[String]) -> &str {
+        for p in preferred {
+            if language_accepts(p, &self.language) {
+                return &self.language;
+            }
+            if let Some(t) = self.texts.iter().find(|t| t.language.eq_ignore_ascii_case(p)) {
+                return &t.language;
+            }
+            if let Some(t) = self.texts.iter().find(|t| language_accepts(p, &t.language)) {
+                return &t.language;
+            }
+        }
+        &self.language
+    }
+
+    /// The alert as sent in one language: `headline`, `body` and `language` in that
+    /// language (the default when it has none) and no other texts.
+    pub fn in_language(&self, language: &str) -> Alert {
+        let mut a = Alert { texts: Vec::new(), ..self.clone() };
+        if let Some(t) = self.texts.iter().find(|t| t.language == language) {
+            a.language = t.language.clone();
+            a.headline = t.headline.clone();
+            a.body = t.body.clone();
+        }
+        a
+    }
 }
 
 impl Alert {
@@ -383,6 +446,8 @@ impl Alert {
             excluded_tenants: Vec::new(),
             rule: String::new(),
             published_at: None,
+            language: DEFAULT_LANGUAGE.to_owned(),
+            texts: Vec::new(),
         }
     }
 }
@@ -472,6 +537,16 @@ impl From<&Alert> for pb::Alert {
             body: a.body.clone(),
             place: a.place.clone(),
             excluded_tenants: a.excluded_tenants.clone(),
+            language: a.language.clone(),
+            texts: a
+                .texts
+                .iter()
+                .map(|t| pb::AlertText {
+                    language: t.language.clone(),
+                    headline: t.headline.clone(),
+                    body: t.body.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -502,6 +577,12 @@ impl TryFrom<pb::Alert> for Alert {
             excluded_tenants: p.excluded_tenants,
             rule: p.rule,
             published_at: opt_ts(p.published_at_ms),
+            language: if p.language.is_empty() { DEFAULT_LANGUAGE.to_owned() } else { p.language },
+            texts: p
+                .texts
+                .into_iter()
+                .map(|t| AlertText { language: t.language, headline: t.headline, body: t.body })
+                .collect(),
         })
     }
 }
@@ -729,6 +810,82 @@ pub struct Subscription {
     pub shards: Vec<u32>,
     /// Last change.
     pub updated_at: Timestamp,
+    /// Languages, quiet hours and rate cap.
+    pub delivery: Delivery,
+}
+
+/// How a subscriber wants to be told: languages, quiet hours, a rate cap. The default
+/// (nothing set) is every alert at once in the alert's default language.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Delivery {
+    /// Preferred languages, most preferred first.
+    pub languages: Vec<String>,
+    /// A daily quiet window.
+    pub quiet_hours: Option<QuietHours>,
+    /// At most this many alerts per rolling hour; 0: no cap.
+    pub max_alerts_per_hour: u32,
+}
+
+impl Delivery {
+    /// Whether quiet hours or a cap apply at all.
+    pub fn limits(&self) -> bool {
+        self.quiet_hours.is_some() || self.max_alerts_per_hour > 0
+    }
+}
+
+/// Minutes in a day.
+pub const MINUTES_PER_DAY: u16 = 1440;
+
+/// A daily quiet window, in local minutes after midnight of an IANA time zone; it may cross
+/// midnight. The zone's name is checked where subscriptions enter (the API).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QuietHours {
+    /// Start, minutes after local midnight.
+    pub start_minute: u16,
+    /// End, minutes after local midnight.
+    pub end_minute: u16,
+    /// IANA time zone name.
+    pub time_zone: String,
+}
+
+impl From<&Delivery> for Option<pb::DeliveryPreferences> {
+    fn from(d: &Delivery) -> Self {
+        (*d != Delivery::default()).then(|| pb::DeliveryPreferences {
+            languages: d.languages.clone(),
+            quiet_hours: d.quiet_hours.as_ref().map(|q| pb::QuietHours {
+                start_minute: u32::from(q.start_minute),
+                end_minute: u32::from(q.end_minute),
+                time_zone: q.time_zone.clone(),
+            }),
+            max_alerts_per_hour: d.max_alerts_per_hour,
+        })
+    }
+}
+
+impl TryFrom<pb::DeliveryPreferences> for Delivery {
+    type Error = DecodeModelError;
+    fn try_from(p: pb::DeliveryPreferences) -> Result<Self, Self::Error> {
+        let quiet_hours = match p.quiet_hours {
+            None => None,
+            Some(q) => {
+                let minute = |field: &'static str, v: u32| {
+                    u16::try_from(v)
+                        .ok()
+                        .filter(|m| *m < MINUTES_PER_DAY)
+                        .ok_or(DecodeModelError::OutOfRange { field, value: i64::from(v) })
+                };
+                if q.time_zone.is_empty() {
+                    return Err(DecodeModelError::Missing("delivery.quiet_hours.time_zone"));
+                }
+                Some(QuietHours {
+                    start_minute: minute("delivery.quiet_hours.start_minute", q.start_minute)?,
+                    end_minute: minute("delivery.quiet_hours.end_minute", q.end_minute)?,
+                    time_zone: q.time_zone,
+                })
+            }
+        };
+        Ok(Delivery { languages: p.languages, quiet_hours, max_alerts_per_hour: p.max_alerts_per_hour })
+    }
 }
 
 impl Subscription {
@@ -756,6 +913,7 @@ impl From<&Subscription> for pb::Subscription {
             }),
             shards: s.shards.clone(),
             updated_at_ms: s.updated_at.0,
+            delivery: (&s.delivery).into(),
         }
     }
 }
@@ -788,6 +946,7 @@ impl TryFrom<pb::Subscription> for Subscription {
             },
             shards: p.shards,
             updated_at: Timestamp(p.updated_at_ms),
+            delivery: p.delivery.map(Delivery::try_from).transpose()?.unwrap_or_default(),
         })
     }
 }
@@ -809,6 +968,10 @@ pub struct NotificationBatch {
     pub request: Option<pb::GeoRequest>,
     /// Visible assets near the alert, nearest first.
     pub nearby_assets: Vec<pb::NearbyAsset>,
+    /// Language of the alert's text in this batch.
+    pub language: String,
+    /// When quiet hours held it back: when the alert was matched.
+    pub deferred_from: Option<Timestamp>,
 }
 
 impl From<&NotificationBatch> for pb::NotificationBatch {
@@ -822,6 +985,8 @@ impl From<&NotificationBatch> for pb::NotificationBatch {
             parts: n.parts,
             request: n.request.clone(),
             nearby_assets: n.nearby_assets.clone(),
+            language: n.language.clone(),
+            deferred_from_ms: n.deferred_from.map_or(0, |t| t.0),
         }
     }
 }
@@ -891,6 +1056,54 @@ mod tests {
             },
         ];
         assert_eq!(Incident::try_from(pb::Incident::from(&i)), Ok(i));
+    }
+
+    #[test]
+    fn alert_texts_round_trip_and_the_subscriber_language_is_chosen() {
+        let c = LatLng::new(40.29, -75.58).expect("valid");
+        let alert = Alert {
+            headline: "Robbery near MAIN ST".into(),
+            texts: vec![
+                AlertText { language: "es".into(), headline: "Reporte de robo".into(), body: "b".into() },
+                AlertText { language: "fr-CA".into(), headline: "Vol".into(), body: "c".into() },
+            ],
+            ..Alert::synthetic(
+                "i@1",
+                Category::parse("crime.robbery").expect("known"),
+                Area::circle(c, 400.0).expect("valid"),
+            )
+        };
+        assert_eq!(Alert::try_from(pb::Alert::from(&alert)), Ok(alert.clone()));
+        let pick =
+            |prefs: &[&str]| alert.language_for(&prefs.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>()).to_owned();
+        assert_eq!(pick(&[]), "en");
+        assert_eq!(pick(&["de", "ES-mx", "en"]), "es", "a region subtag takes the bare language; case ignored");
+        assert_eq!(pick(&["fr"]), "en", "fr does not take fr-CA (less specific than offered)");
+        assert_eq!(pick(&["fr-CA"]), "fr-CA");
+        assert_eq!(pick(&["english"]), "en");
+        let es = alert.in_language("es");
+        assert_eq!((es.language.as_str(), es.headline.as_str(), es.texts.len()), ("es", "Reporte de robo", 0));
+        assert_eq!(alert.in_language("de").headline, "Robbery near MAIN ST");
+        // An alert written before languages existed reads as English.
+        let mut old = pb::Alert::from(&alert);
+        old.language.clear();
+        assert_eq!(Alert::try_from(old).map(|a| a.language), Ok("en".to_owned()));
+    }
+
+    #[test]
+    fn quiet_hours_out_of_range_or_without_zone_are_refused() {
+        let q = |start, end, zone: &str| pb::DeliveryPreferences {
+            quiet_hours: Some(pb::QuietHours { start_minute: start, end_minute: end, time_zone: zone.into() }),
+            ..Default::default()
+        };
+        assert!(Delivery::try_from(q(1320, 420, "America/New_York")).is_ok());
+        assert_eq!(
+            Delivery::try_from(q(1440, 0, "UTC")),
+            Err(DecodeModelError::OutOfRange { field: "delivery.quiet_hours.start_minute", value: 1440 })
+        );
+        assert_eq!(Delivery::try_from(q(0, 60, "")), Err(DecodeModelError::Missing("delivery.quiet_hours.time_zone")));
+        // The default is not written at all.
+        assert_eq!(Option::<pb::DeliveryPreferences>::from(&Delivery::default()), None);
     }
 
     #[test]
@@ -988,6 +1201,8 @@ mod tests {
             excluded_tenants: Vec::new(),
             rule: "r".into(),
             published_at: None,
+            language: DEFAULT_LANGUAGE.to_owned(),
+            texts: Vec::new(),
         };
         let mut f = SubscriptionFilter::default();
         assert!(!f.accepts(&alert), "attribute required");

@@ -1,6 +1,7 @@
 //! The hexcast binary's library half: configuration, `--target` wiring and the demo, so
 //! that the end-to-end tests start exactly what the binary starts.
 
+pub mod cap_export;
 pub mod config;
 pub mod demo;
 pub mod geojson;

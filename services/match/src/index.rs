@@ -33,7 +33,7 @@ use h3o::{CellIndex, Resolution};
 use hashbrown::{DefaultHashBuilder, HashMap, HashSet, HashTable};
 use hexcast_core::cells::{CoverError, Reach, ShardMap, centroid, circumradius_m, disc_cells, lookup_cells};
 use hexcast_core::exact::PreparedArea;
-use hexcast_core::{Alert, Area, LatLng, Place, Subscription, SubscriptionFilter, Timestamp};
+use hexcast_core::{Alert, Area, Delivery, LatLng, Place, Subscription, SubscriptionFilter, Timestamp};
 
 /// Finest bucket level.
 pub const MAX_LEVEL: Resolution = Resolution::Nine;
@@ -53,6 +53,8 @@ pub struct Match {
     pub tenant: Arc<str>,
     /// Subscriber id.
     pub subscriber_id: Arc<str>,
+    /// Languages, quiet hours and cap, when the subscriber set any.
+    pub delivery: Option<Arc<Delivery>>,
 }
 
 /// A disc place as stored: its cell and radius.
@@ -193,8 +195,13 @@ struct Sub {
     home: u32,
     shard_set: u32,
     filter: u32,
+    /// Index into `Inner::deliveries`, or [`NO_DELIVERY`] for the default.
+    delivery: u32,
     tenant: u16,
 }
+
+/// A subscriber with the default delivery preferences.
+const NO_DELIVERY: u32 = u32::MAX;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -207,6 +214,9 @@ struct Inner {
     tenant_ids: HashMap<Arc<str>, u16>,
     filters: Vec<SubscriptionFilter>,
     filter_ids: HashMap<(Vec<String>, i32, Vec<String>), u32>,
+    /// Distinct delivery preferences, shared by the subscribers that set the same ones.
+    deliveries: Vec<Arc<Delivery>>,
+    delivery_ids: HashMap<Arc<Delivery>, u32>,
     shard_sets: Vec<Box<[u32]>>,
     shard_set_ids: HashMap<Box<[u32]>, u32>,
     shapes: Vec<Option<Shape>>,
@@ -425,6 +435,7 @@ impl SubscriberIndex {
             filter: inner.filters[sub.filter as usize].clone(),
             shards: inner.shard_sets[sub.shard_set as usize].to_vec(),
             updated_at: sub.updated_at,
+            delivery: inner.deliveries.get(sub.delivery as usize).map(|d| (**d).clone()).unwrap_or_default(),
         })
     }
 
@@ -515,6 +526,20 @@ impl SubscriberIndex {
                 f
             }
         };
+        let delivery = if sub.delivery == Delivery::default() {
+            NO_DELIVERY
+        } else {
+            match inner.delivery_ids.get(&sub.delivery) {
+                Some(&d) => d,
+                None => {
+                    let d = inner.deliveries.len() as u32;
+                    let shared = Arc::new(sub.delivery.clone());
+                    inner.deliveries.push(Arc::clone(&shared));
+                    inner.delivery_ids.insert(shared, d);
+                    d
+                }
+            }
+        };
         let shard_set = match inner.shard_set_ids.get(shards.as_slice()) {
             Some(&s) => s,
             None => {
@@ -549,6 +574,7 @@ impl SubscriberIndex {
             home,
             shard_set,
             filter,
+            delivery,
             tenant,
         });
         if existing.is_none() {
@@ -754,6 +780,7 @@ impl Matching<'_> {
         self.out.push(Match {
             tenant: Arc::clone(&self.inner.tenants[usize::from(sub.tenant)]),
             subscriber_id: Arc::clone(&sub.id),
+            delivery: self.inner.deliveries.get(sub.delivery as usize).map(Arc::clone),
         });
     }
 }

@@ -6,6 +6,7 @@
 //! follower fills the indexes and the runner moves the records.
 
 pub mod assets;
+pub mod delivery;
 pub mod index;
 pub mod matcher;
 

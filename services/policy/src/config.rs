@@ -14,7 +14,10 @@ use hexcast_core::taxonomy::validate_prefix;
 use hexcast_core::{Category, LatLng, Severity};
 use serde::Deserialize;
 
-use crate::redact::{MAX_BODY_CHARS, MAX_HEADLINE_CHARS, PLACEHOLDERS, Template, builtin_template};
+use crate::redact::{
+    BUILTIN_LANGUAGES, MAX_BODY_CHARS, MAX_HEADLINE_CHARS, PLACEHOLDERS, Template, builtin_template,
+    builtin_template_in,
+};
 
 /// Why a policy file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,29 @@ struct RawRules {
 struct RawTemplate {
     headline: String,
     body: String,
+}
+
+/// One entry of `[templates."<prefix>"]`: the default language's `headline` or `body`, or
+/// a table of another language (`[templates."crime.robbery".es]`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawTemplateEntry {
+    Text(String),
+    Language(RawTemplate),
+}
+
+fn default_languages() -> Vec<String> {
+    BUILTIN_LANGUAGES.iter().map(|l| (*l).to_owned()).collect()
+}
+
+/// Whether `tag` looks like a BCP 47 language tag: letters, digits and hyphens, starting
+/// with a 2-3 letter language.
+pub fn valid_language_tag(tag: &str) -> bool {
+    let mut parts = tag.split('-');
+    let lang = parts.next().unwrap_or("");
+    (2..=3).contains(&lang.len())
+        && lang.chars().all(|c| c.is_ascii_lowercase())
+        && parts.all(|p| (1..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,7 +119,9 @@ struct RawPolicy {
     #[serde(default)]
     hold_timeout_action: Option<String>,
     #[serde(default)]
-    templates: BTreeMap<String, RawTemplate>,
+    templates: BTreeMap<String, BTreeMap<String, RawTemplateEntry>>,
+    #[serde(default = "default_languages")]
+    languages: Vec<String>,
     #[serde(default)]
     region: Vec<RawRegion>,
     #[serde(default)]
@@ -213,8 +241,14 @@ pub struct PolicyConfig {
     pub hold_timeout_secs: u64,
     /// What happens then.
     pub hold_timeout_action: TimeoutAction,
-    /// Text templates by category prefix (longest wins); built-ins per family otherwise.
+    /// Text templates of the default language by category prefix (longest wins); built-ins
+    /// per family otherwise.
     pub templates: BTreeMap<String, Template>,
+    /// The languages every alert is written in, the default (of `headline` and `body`)
+    /// first; a language without a template for a category is skipped for that alert.
+    pub languages: Vec<String>,
+    /// Templates of the other languages: language -> category prefix -> template.
+    pub language_templates: BTreeMap<String, BTreeMap<String, Template>>,
     /// Regions, first match wins.
     pub regions: Vec<Region>,
     /// Tenant overrides.
@@ -380,10 +414,49 @@ impl PolicyConfig {
         if raw.hold_timeout_secs == 0 {
             return Err(invalid("hold_timeout_secs", "expected at least 1"));
         }
+        if raw.languages.is_empty() {
+            return Err(invalid("languages", "expected at least the default language"));
+        }
+        for (i, l) in raw.languages.iter().enumerate() {
+            if !valid_language_tag(l) || raw.languages[..i].contains(l) {
+                return Err(invalid("languages", format!("`{l}` is not a lowercase language tag or is repeated")));
+            }
+        }
+        let default_language = raw.languages[0].clone();
         let mut templates = BTreeMap::new();
-        for (p, t) in raw.templates {
-            validate_prefix(&p).map_err(|e| invalid(format!("templates.{p}"), e.to_string()))?;
-            templates.insert(p.clone(), template(&format!("templates.{p}"), t)?);
+        let mut language_templates: BTreeMap<String, BTreeMap<String, Template>> = BTreeMap::new();
+        for (p, entries) in raw.templates {
+            let key = format!("templates.{p}");
+            validate_prefix(&p).map_err(|e| invalid(&key, e.to_string()))?;
+            let (mut headline, mut body) = (None, None);
+            for (name, entry) in entries {
+                match (name.as_str(), entry) {
+                    ("headline", RawTemplateEntry::Text(t)) => headline = Some(t),
+                    ("body", RawTemplateEntry::Text(t)) => body = Some(t),
+                    (lang, RawTemplateEntry::Language(t)) if raw.languages.iter().any(|l| l == lang) => {
+                        let t = template(&format!("{key}.{lang}"), t)?;
+                        if lang == default_language {
+                            templates.insert(p.clone(), t);
+                        } else {
+                            language_templates.entry(lang.to_owned()).or_default().insert(p.clone(), t);
+                        }
+                    }
+                    (other, _) => {
+                        return Err(invalid(
+                            format!("{key}.{other}"),
+                            "expected `headline`, `body` or a table of a language listed in `languages`",
+                        ));
+                    }
+                }
+            }
+            match (headline, body) {
+                (Some(headline), Some(body)) => {
+                    templates.insert(p.clone(), template(&key, RawTemplate { headline, body })?);
+                }
+                (None, None) => {}
+                (Some(_), None) => return Err(invalid(format!("{key}.body"), "missing (the headline has none)")),
+                (None, Some(_)) => return Err(invalid(format!("{key}.headline"), "missing (the body has none)")),
+            }
         }
         let mut regions = Vec::new();
         for (i, r) in raw.region.into_iter().enumerate() {
@@ -434,6 +507,8 @@ impl PolicyConfig {
                 Some(other) => return Err(invalid("hold_timeout_action", format!("`{other}` is not drop|release"))),
             },
             templates,
+            languages: raw.languages,
+            language_templates,
             regions,
             tenants,
         })
@@ -451,13 +526,33 @@ impl PolicyConfig {
         self.rules.radius_for(category)
     }
 
-    /// The template of a category.
+    /// The template of a category in the default language.
     pub fn template_for(&self, category: Category) -> Template {
+        let builtin =
+            || builtin_template_in(category, self.default_language()).unwrap_or_else(|| builtin_template(category));
         self.templates
             .iter()
             .filter(|(p, _)| category.matches_prefix(p))
             .max_by_key(|(p, _)| p.len())
-            .map_or_else(|| builtin_template(category), |(_, t)| t.clone())
+            .map_or_else(builtin, |(_, t)| t.clone())
+    }
+
+    /// The language of `headline` and `body`.
+    pub fn default_language(&self) -> &str {
+        self.languages.first().map_or("en", String::as_str)
+    }
+
+    /// The template of a category in another language: the longest matching prefix of that
+    /// language's templates, else the built-in one (English and Spanish), else none.
+    pub fn template_in(&self, category: Category, language: &str) -> Option<Template> {
+        if language == self.default_language() {
+            return Some(self.template_for(category));
+        }
+        self.language_templates
+            .get(language)
+            .and_then(|ts| ts.iter().filter(|(p, _)| category.matches_prefix(p)).max_by_key(|(p, _)| p.len()))
+            .map(|(_, t)| t.clone())
+            .or_else(|| builtin_template_in(category, language))
     }
 
     /// Whether an incident of `category` threatens the community at large when its feed
@@ -513,11 +608,44 @@ mod tests {
             ("allow = [\"crime\"]\nhold_timeout_action = \"later\"", "hold_timeout_action"),
             ("allow = [\"crime\"]\n[attributes]\n\"medical.cardiac_arrest\" = []", "attributes.medical.cardiac_arrest"),
             ("allow = [\"crime\"]\n[community_threat]\n\"medical.cardiac\" = true", "community_threat.medical.cardiac"),
+            ("allow = [\"crime\"]\nlanguages = [\"en\", \"ES\"]", "languages"),
+            ("allow = [\"crime\"]\nlanguages = []", "languages"),
+            ("allow = [\"crime\"]\n[templates.crime.fr]\nheadline = \"{What}\"\nbody = \"x\"", "templates.crime.fr"),
+            (
+                "allow = [\"crime\"]\n[templates.crime.es]\nheadline = \"{quien}\"\nbody = \"x\"",
+                "templates.crime.es.headline",
+            ),
+            ("allow = [\"crime\"]\n[templates.crime]\nheadline = \"{What}\"", "templates.crime.body"),
         ];
         for (text, key) in cases {
             let e = PolicyConfig::parse(text, "p").expect_err(key).to_string();
             assert!(e.contains(key), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn templates_per_language_fall_back_to_the_builtin_of_that_language() {
+        let cat = |c: &str| Category::parse(c).expect("known");
+        let p = PolicyConfig::parse(
+            "allow = [\"crime\"]\nlanguages = [\"en\", \"es\", \"fr\"]\n\
+             [templates.\"crime.robbery\"]\nheadline = \"Robbery at {place}\"\nbody = \"b\"\n\
+             [templates.\"crime.robbery\".es]\nheadline = \"Robo en {place}\"\nbody = \"c\"\n\
+             [templates.crime.fr]\nheadline = \"Vol près de {place}\"\nbody = \"d\"\n",
+            "p",
+        )
+        .expect("valid");
+        assert_eq!(p.default_language(), "en");
+        assert_eq!(p.template_for(cat("crime.robbery")).headline, "Robbery at {place}");
+        assert_eq!(p.template_in(cat("crime.robbery"), "es").map(|t| t.headline), Some("Robo en {place}".into()));
+        // No Spanish template of its own: the built-in Spanish one.
+        assert_eq!(p.template_in(cat("crime.burglary"), "es"), builtin_template_in(cat("crime.burglary"), "es"));
+        assert_eq!(p.template_in(cat("crime.burglary"), "fr").map(|t| t.body), Some("d".into()));
+        // A language without built-ins and without a template for the category: none.
+        assert_eq!(p.template_in(cat("fire.arson"), "fr"), None);
+        // The seed ships English and Spanish.
+        let seed = PolicyConfig::seed();
+        assert_eq!(seed.languages, ["en", "es"]);
+        assert!(seed.template_in(cat("crime.shots_fired"), "es").is_some_and(|t| t.headline.starts_with("Disparos")));
     }
 
     #[test]

@@ -7,11 +7,13 @@
 mod config;
 pub mod redact;
 
-pub use config::{PolicyConfig, PolicyConfigError, PolygonLoader, Region, Rules, TenantRules, TimeoutAction};
+pub use config::{
+    PolicyConfig, PolicyConfigError, PolygonLoader, Region, Rules, TenantRules, TimeoutAction, valid_language_tag,
+};
 
 use hexcast_core::{
-    Alert, Area, Decision, EventKind, HeldAlert, IncidentEvent, IntoRecord, LatLng, OutRecord, PolicyDecision,
-    ReasonCode, Severity, Stage, StageCtx, Timestamp,
+    Alert, AlertText, Area, Decision, EventKind, HeldAlert, IncidentEvent, IntoRecord, LatLng, OutRecord,
+    PolicyDecision, ReasonCode, Severity, Stage, StageCtx, Timestamp,
 };
 
 /// What policy emits.
@@ -172,8 +174,24 @@ impl Stage for Policy {
             (Ok(verdict), Some((target, coarse_cell))) => {
                 let alert_id = format!("{}@{}", i.id, i.version);
                 let place = redact::place(&i.sensitive.address, &i.sensitive.names);
-                let (headline, body) =
-                    redact::render(&self.cfg.template_for(i.category), event.kind, i.category, &place, i.occurred_at);
+                let language = self.cfg.default_language().to_owned();
+                let (headline, body) = redact::render_in(
+                    &language,
+                    &self.cfg.template_for(i.category),
+                    event.kind,
+                    i.category,
+                    &place,
+                    i.occurred_at,
+                );
+                // The other languages, each from its own template (never the source's text).
+                let texts = self.cfg.languages[1..]
+                    .iter()
+                    .filter_map(|l| {
+                        let t = self.cfg.template_in(i.category, l)?;
+                        let (headline, body) = redact::render_in(l, &t, event.kind, i.category, &place, i.occurred_at);
+                        Some(AlertText { language: l.clone(), headline, body })
+                    })
+                    .collect();
                 let excluded_tenants = self
                     .cfg
                     .tenants
@@ -200,6 +218,8 @@ impl Stage for Policy {
                     excluded_tenants,
                     rule: scoped(verdict.rule),
                     published_at: i.published_at,
+                    language,
+                    texts,
                 };
                 decision.alert_id = Some(alert_id);
                 if rules.holds(i.category) {

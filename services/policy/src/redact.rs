@@ -24,35 +24,147 @@ pub struct Template {
     pub body: String,
 }
 
-/// The built-in template of a category family.
+/// The languages every built-in template is written in.
+pub const BUILTIN_LANGUAGES: [&str; 2] = ["en", "es"];
+
+/// The built-in English template of a category family.
 pub fn builtin_template(category: Category) -> Template {
-    let (headline, body) = match category.family() {
-        "crime" => (
-            "{What} reported near {place}",
-            "Police are responding to a report of {what} near {place}, reported at {time}. Avoid the area, \
-             stay inside if you are nearby, and follow instructions from officials.",
-        ),
-        "fire" => (
-            "{What} near {place}",
-            "Firefighters are responding to a {what} near {place}, reported at {time}. Avoid the area and keep \
-             roads clear for emergency vehicles.",
-        ),
-        "hazard" => (
-            "{What} near {place}",
-            "Emergency crews are responding to a {what} near {place}, reported at {time}. Stay away from the \
-             area and follow instructions from officials.",
-        ),
-        "medical" => (
-            "CPR needed near {place}",
-            "Someone near {place} is in {what}, reported at {time}. If you are trained in CPR and able to \
-             help, go now; emergency services are on the way.",
-        ),
-        _ => (
-            "{What} near {place}",
-            "Officials report a {what} near {place} at {time}. Follow instructions from officials.",
-        ),
+    builtin_template_in(category, "en").unwrap_or_else(|| unreachable!("english is built in"))
+}
+
+/// The built-in template of a category family in `language` (`en` or `es`); `None` for a
+/// language without built-ins.
+pub fn builtin_template_in(category: Category, language: &str) -> Option<Template> {
+    let family = category.family();
+    let (headline, body) = match language {
+        "en" => match family {
+            "crime" => (
+                "{What} reported near {place}",
+                "Police are responding to a report of {what} near {place}, reported at {time}. Avoid the area, \
+                 stay inside if you are nearby, and follow instructions from officials.",
+            ),
+            "fire" => (
+                "{What} near {place}",
+                "Firefighters are responding to a {what} near {place}, reported at {time}. Avoid the area and keep \
+                 roads clear for emergency vehicles.",
+            ),
+            "hazard" => (
+                "{What} near {place}",
+                "Emergency crews are responding to a {what} near {place}, reported at {time}. Stay away from the \
+                 area and follow instructions from officials.",
+            ),
+            "medical" => (
+                "CPR needed near {place}",
+                "Someone near {place} is in {what}, reported at {time}. If you are trained in CPR and able to \
+                 help, go now; emergency services are on the way.",
+            ),
+            _ => (
+                "{What} near {place}",
+                "Officials report a {what} near {place} at {time}. Follow instructions from officials.",
+            ),
+        },
+        "es" => match family {
+            "crime" => (
+                "Reporte de {what} cerca de {place}",
+                "La policía atiende un reporte de {what} cerca de {place}, recibido a las {time}. Evite la zona, \
+                 quédese adentro si está cerca y siga las instrucciones de las autoridades.",
+            ),
+            "fire" => (
+                "{What} cerca de {place}",
+                "Los bomberos atienden un reporte de {what} cerca de {place}, recibido a las {time}. Evite la zona \
+                 y deje libres las calles para los vehículos de emergencia.",
+            ),
+            "hazard" => (
+                "{What} cerca de {place}",
+                "Los equipos de emergencia atienden un reporte de {what} cerca de {place}, recibido a las {time}. \
+                 Manténgase lejos de la zona y siga las instrucciones de las autoridades.",
+            ),
+            "medical" => (
+                "Se necesita RCP cerca de {place}",
+                "Emergencia por {what} cerca de {place}, reportada a las {time}. Si sabe RCP y puede ayudar, vaya \
+                 ahora; los servicios de emergencia están en camino.",
+            ),
+            _ => (
+                "{What} cerca de {place}",
+                "Las autoridades informan de {what} cerca de {place} a las {time}. Siga las instrucciones de las \
+                 autoridades.",
+            ),
+        },
+        _ => return None,
     };
-    Template { headline: headline.to_owned(), body: body.to_owned() }
+    Some(Template { headline: headline.to_owned(), body: body.to_owned() })
+}
+
+/// A short Spanish noun phrase for a category, without article.
+fn what_es(category: Category) -> &'static str {
+    match category.as_str() {
+        "crime.burglary" => "robo con allanamiento",
+        "crime.robbery" => "robo",
+        "crime.shooting" => "tiroteo",
+        "crime.shots_fired" => "disparos",
+        "crime.stabbing" => "apuñalamiento",
+        "crime.hostage" => "toma de rehenes",
+        "crime.vehicle_break_in" => "robo en vehículo",
+        "crime.vehicle_theft" => "robo de vehículo",
+        "crime.assault" => "agresión",
+        "crime.sexual_assault" => "agresión sexual",
+        "crime.domestic" => "violencia doméstica",
+        "crime.theft" => "hurto",
+        "crime.vandalism" => "vandalismo",
+        "crime.trespass" => "intrusión",
+        "crime.disturbance" => "disturbio",
+        "crime.other" => "asunto policial",
+        "fire.structure" => "incendio de edificio",
+        "fire.residential" => "incendio residencial",
+        "fire.commercial" => "incendio comercial",
+        "fire.arson" => "incendio provocado",
+        "fire.vehicle" => "incendio de vehículo",
+        "fire.wildland" => "incendio forestal",
+        "fire.alarm" => "alarma de incendio",
+        "fire.rescue" => "rescate",
+        "fire.other" => "emergencia de bomberos",
+        "hazard.explosion" => "explosión",
+        "hazard.gas_leak" => "fuga de gas",
+        "hazard.hazmat" => "derrame de materiales peligrosos",
+        "hazard.bomb_threat" => "amenaza de bomba",
+        "hazard.utility" => "emergencia de servicios públicos",
+        "medical.cardiac_arrest" => "paro cardíaco",
+        "medical.other" => "emergencia médica",
+        "traffic.collision" => "choque de vehículos",
+        "traffic.hazard" => "peligro en la vía",
+        "public.missing_person" => "persona desaparecida",
+        "public.school_lockdown" => "cierre de escuela",
+        "public.death_investigation" => "investigación de muerte",
+        "public.evacuation" => "orden de evacuación",
+        "public.shelter" => "refugio en el lugar",
+        "public.test" => "mensaje de prueba",
+        "public.request" => "solicitud de una agencia",
+        "weather.tornado" => "tornado",
+        "weather.flood" => "inundación",
+        "weather.storm" => "tormenta fuerte",
+        "weather.heat" => "calor extremo",
+        "weather.fire" => "riesgo de incendio",
+        "weather.other" => "evento meteorológico",
+        "geo.earthquake" => "terremoto",
+        "geo.tsunami" => "tsunami",
+        _ => "incidente",
+    }
+}
+
+/// A short noun phrase for a category in `language`: Spanish for `es`, English otherwise
+/// (a policy that adds another language writes its templates without `{what}`, or accepts
+/// the English noun).
+pub fn what_in(category: Category, language: &str) -> String {
+    if language == "es" { what_es(category).to_owned() } else { what(category) }
+}
+
+/// The prefix of an update's texts in `language`.
+fn update_prefix(language: &str) -> &'static str {
+    match language {
+        "en" => "Update: ",
+        "es" => "Actualización: ",
+        _ => "",
+    }
 }
 
 /// A short noun phrase for a category: the taxonomy description up to its first comma or
@@ -247,15 +359,32 @@ fn shorten(s: &str, max: usize) -> String {
     }
 }
 
-/// Headline and body of an alert, within the WEA limits. A long place is shortened first;
-/// a template that is still too long is cut at a word boundary.
+/// Headline and body of an alert in English, within the WEA limits (see [`render_in`]).
 pub fn render(t: &Template, kind: EventKind, category: Category, place: &str, at: Timestamp) -> (String, String) {
-    let what = what(category);
-    let place = if place.is_empty() { "your area".to_owned() } else { place.to_owned() };
+    render_in("en", t, kind, category, place, at)
+}
+
+/// Headline and body of an alert in `language`, within the WEA limits counted in
+/// characters. A long place is shortened first; a template that is still too long is cut
+/// at a word boundary.
+pub fn render_in(
+    language: &str,
+    t: &Template,
+    kind: EventKind,
+    category: Category,
+    place: &str,
+    at: Timestamp,
+) -> (String, String) {
+    let what = what_in(category, language);
+    let place = if place.is_empty() {
+        if language == "es" { "su zona" } else { "your area" }.to_owned()
+    } else {
+        place.to_owned()
+    };
     let time = clock(at);
-    let prefix = if kind == EventKind::Update { "Update: " } else { "" };
+    let prefix = if kind == EventKind::Update { update_prefix(language) } else { "" };
     let fit = |template: &str, max: usize| {
-        let budget = max.saturating_sub(prefix.len());
+        let budget = max.saturating_sub(prefix.chars().count());
         let mut p = place.clone();
         loop {
             let text = fill(template, &what, &p, &time);
@@ -345,6 +474,43 @@ mod tests {
                 proptest::prop_assert!(!got.split_whitespace().any(|t| t == house.to_string()), "house number in {}", got);
             }
         }
+    }
+
+    proptest::proptest! {
+        /// Every built-in template, in every built-in language, for every category and kind,
+        /// with any place (long, multi-byte), stays within 90 and 360 characters (counted in
+        /// characters), and the Spanish text of a category is not the English one.
+        #[test]
+        fn every_language_fits_the_wea_limits_in_characters(
+            c in 0..hexcast_core::taxonomy::CATEGORIES.len(),
+            kind in proptest::sample::select(vec![EventKind::New, EventKind::Update, EventKind::Close]),
+            place in "[A-Za-zÁÉÍÓÚÑñáéíóú0-9 ]{0,400}",
+            at in 0i64..4_000_000_000_000,
+        ) {
+            let category = Category::parse(CATEGORIES[c].0).expect("known");
+            let mut texts = Vec::new();
+            for lang in BUILTIN_LANGUAGES {
+                let t = builtin_template_in(category, lang).expect("built in");
+                let (h, b) = render_in(lang, &t, kind, category, &place, Timestamp(at));
+                proptest::prop_assert!(!h.is_empty() && h.chars().count() <= MAX_HEADLINE_CHARS, "{} {}", lang, h);
+                proptest::prop_assert!(!b.is_empty() && b.chars().count() <= MAX_BODY_CHARS, "{} {}", lang, b);
+                texts.push((h, b));
+            }
+            proptest::prop_assert_ne!(&texts[0].1, &texts[1].1);
+        }
+    }
+
+    #[test]
+    fn spanish_texts_use_spanish_words() {
+        let c = Category::parse("crime.robbery").expect("known");
+        let t = builtin_template_in(c, "es").expect("built in");
+        let (h, b) = render_in("es", &t, EventKind::Update, c, "1200 block of MAIN ST", Timestamp(3_600_000));
+        assert_eq!(h, "Actualización: Reporte de robo cerca de 1200 block of MAIN ST");
+        assert!(
+            b.starts_with("Actualización: La policía atiende un reporte de robo") && b.contains("01:00 UTC"),
+            "{b}"
+        );
+        assert_eq!(builtin_template_in(c, "de"), None);
     }
 
     #[test]

@@ -133,6 +133,8 @@ fn main() -> anyhow::Result<()> {
                         parts: 1,
                         request: None,
                         nearby_assets: Vec::new(),
+                        language: a.language.clone(),
+                        deferred_from: None,
                     };
                     out.put("decode_notification_batch", &pb::NotificationBatch::from(&batch).encode_to_vec())?;
                     for ia in spatial.index(a).into_iter().flatten().take(2) {

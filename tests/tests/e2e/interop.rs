@@ -115,7 +115,12 @@ async fn python_grpcio_client_upserts_subscribes_and_resumes_without_loss() {
     for k in 0..SITES {
         for j in 0..PER_SITE {
             let at = site(k).destination(j as f64 * 36.0, 50.0 + j as f64 * 25.0);
-            subs.push(serde_json::json!({"id": format!("s{k}-{j}"), "lat": at.lat(), "lng": at.lng(), "site": k}));
+            // Site 0's subscribers read Spanish ("es-MX" takes the alert's "es" text); a whole
+            // site, so each alert still reaches a tenant in one record of ten ids.
+            let languages: Vec<&str> = if k == 0 { vec!["es-MX", "en"] } else { vec![] };
+            subs.push(serde_json::json!({
+                "id": format!("s{k}-{j}"), "lat": at.lat(), "lng": at.lng(), "site": k, "languages": languages,
+            }));
         }
     }
     for j in 0..10 {
@@ -187,6 +192,15 @@ async fn python_grpcio_client_upserts_subscribes_and_resumes_without_loss() {
     let missing: Vec<_> = expected.difference(&got).take(5).collect();
     let extra: Vec<_> = got.difference(&expected).take(5).collect();
     assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, unexpected {extra:?}");
+    // Each subscriber read the alert in its language: Spanish at site 0, English elsewhere.
+    let texts: std::collections::BTreeMap<String, (String, String)> =
+        serde_json::from_value(done["texts"].clone()).expect("texts");
+    for (sid, (language, headline)) in &texts {
+        let (want, start) = if sid.starts_with("s0-") { ("es", "Reporte de robo") } else { ("en", "Robbery") };
+        assert_eq!(language, want, "{sid}: {headline}");
+        assert!(headline.starts_with(start), "{sid}: {headline}");
+    }
+    assert_eq!(texts.len(), SITES * PER_SITE, "{texts:?}");
 
     shutdown.cancel();
     running.join().await.expect("clean shutdown");

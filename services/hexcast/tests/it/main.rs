@@ -1,5 +1,6 @@
 //! The binary's command-line contract: bad configuration fails at start, naming the key.
 
+mod cap_export;
 mod config_doc;
 mod large_polygons;
 mod layout;

@@ -9,14 +9,14 @@ use std::process::{Command, Stdio};
 
 use hexcast_policy::PolicyConfig;
 
-const EXPORT: &str = "cad/montco_pa_911_2015-12_2016-01.csv";
+pub(crate) const EXPORT: &str = "cad/montco_pa_911_2015-12_2016-01.csv";
 
-fn manifest(rel: &str) -> String {
+pub(crate) fn manifest(rel: &str) -> String {
     format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Runs the binary with `args`, feeding `input`; returns stdout and stderr.
-fn stage(args: &[&str], input: &[u8]) -> (String, String) {
+pub(crate) fn stage(args: &[&str], input: &[u8]) -> (String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hexcast"))
         .args(args)
         .stdin(Stdio::piped())

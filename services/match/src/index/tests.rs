@@ -28,6 +28,7 @@ fn sub(id: usize, p: LatLng, radius_m: f64) -> Subscription {
         filter: SubscriptionFilter::default(),
         shards: vec![],
         updated_at: Timestamp(0),
+        delivery: Default::default(),
     }
 }
 
@@ -175,6 +176,7 @@ fn polygon_subscriptions_as_cells_match_alerts_that_touch_them() {
         filter: SubscriptionFilter::default(),
         shards: vec![],
         updated_at: Timestamp(0),
+        delivery: Default::default(),
     });
     let near = alert(Area::circle(center.destination(90.0, 1_000.0), 300.0).expect("valid"));
     let far = alert(Area::circle(center.destination(90.0, 2_000.0), 300.0).expect("valid"));
@@ -207,6 +209,7 @@ fn shared_shapes_are_stored_once_and_outlive_each_member() {
         filter: SubscriptionFilter::default(),
         shards: vec![],
         updated_at: Timestamp(0),
+        delivery: Default::default(),
     };
     let point = Place::Disc { cell: center.destination(0.0, 5_000.0).cell(PRECISION), radius_m: 0.0 };
     index.upsert(with_places("a", vec![Place::Cells(cells.clone())]));
@@ -282,6 +285,7 @@ proptest! {
                 filter: SubscriptionFilter::default(),
                 shards: vec![],
                 updated_at: Timestamp(0),
+                delivery: Default::default(),
             });
             placed.push(shape);
         }
