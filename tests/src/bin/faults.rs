@@ -53,6 +53,9 @@ struct Args {
     /// SIGKILLs of stage processes over the run.
     #[arg(long, default_value_t = 24)]
     kills: u32,
+    /// Broker restarts over the run (each waits for the previous one to finish).
+    #[arg(long, default_value_t = 1)]
+    broker_restarts: u32,
     /// Subscribers per tenant.
     #[arg(long, default_value_t = 600)]
     subscribers: usize,
@@ -232,10 +235,20 @@ fn population(rng: &mut Rng, per_tenant: usize) -> Vec<(&'static str, pb::Subscr
     out
 }
 
-/// The raw records: cad-json incidents near the sites, every 50th one malformed.
+/// The raw records: cad-json incidents near the sites, every 50th one malformed; among
+/// those, every 200th a 2 MiB record (sent gzip-compressed, so the broker takes it and
+/// ingest must dead-letter it truncated) and every 200th, shifted, binary garbage.
 fn incidents(rng: &mut Rng, n: usize, now_ms: i64) -> Vec<(String, Vec<u8>)> {
     (0..n)
         .map(|i| {
+            if i % 200 == 99 {
+                let filler = "x".repeat(2 << 20);
+                let body = format!("{{\"id\": \"{i}\", \"call_type\": \"FIRE\", \"notes\": \"{filler}\"}}");
+                return (format!("bad-big-{i}"), body.into_bytes());
+            }
+            if i % 200 == 149 {
+                return (format!("bad-garbage-{i}"), (0..4096).map(|_| rng.below(256) as u8).collect());
+            }
             if i % 50 == 49 {
                 return (format!("bad-{i}"), format!("{{\"id\": \"{i}\", \"lat\": ").into_bytes());
             }
@@ -250,6 +263,85 @@ fn incidents(rng: &mut Rng, n: usize, now_ms: i64) -> Vec<(String, Vec<u8>)> {
 }
 
 type Notification = (String, String, String);
+
+/// Watches every stage's consumer group once a second and returns, per stage, the longest
+/// time its input waited (committed offsets behind the input's last stable offset) while
+/// those committed offsets did not move. A broker restart counts for every stage that had
+/// input waiting: nothing moves then either.
+fn spawn_stall_probe(
+    brokers: String,
+    prefix: String,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<BTreeMap<&'static str, f64>> {
+    const STAGES: [(&str, &str); 5] = [
+        ("ingest", "incidents.raw"),
+        ("dedup", "incidents.normalized"),
+        ("policy", "incidents.unique"),
+        ("spatial", "alerts"),
+        ("push", "alerts.indexed"),
+    ];
+    std::thread::spawn(move || {
+        let client = |group: &str, isolation: &str| -> Option<BaseConsumer> {
+            ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", group)
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", isolation)
+                .create()
+                .ok()
+        };
+        let timeout = Duration::from_secs(2);
+        let ends = client(&format!("{prefix}-stall-probe"), "read_committed");
+        let groups: Vec<Option<BaseConsumer>> =
+            STAGES.iter().map(|(stage, _)| client(&format!("{prefix}-{stage}"), "read_uncommitted")).collect();
+        // Per stage: committed offsets last seen, since when they have not moved while
+        // input waited, and the longest such time.
+        let mut last: Vec<Option<i64>> = vec![None; STAGES.len()];
+        let mut since: Vec<Option<Instant>> = vec![None; STAGES.len()];
+        let mut longest = vec![0f64; STAGES.len()];
+        while !stop.load(Ordering::SeqCst) {
+            for (k, (_, input)) in STAGES.iter().enumerate() {
+                let topic = format!("{prefix}.{input}");
+                let measured = (|| -> Option<(i64, bool)> {
+                    let (ends, group) = (ends.as_ref()?, groups[k].as_ref()?);
+                    let md = ends.fetch_metadata(Some(&topic), timeout).ok()?;
+                    let parts: Vec<i32> = md.topics().first()?.partitions().iter().map(|p| p.id()).collect();
+                    let mut tpl = TopicPartitionList::new();
+                    for p in &parts {
+                        tpl.add_partition(&topic, *p);
+                    }
+                    let committed = group.committed_offsets(tpl, timeout).ok()?;
+                    let (mut done, mut waits) = (0i64, false);
+                    for p in parts {
+                        let (low, stable) = ends.fetch_watermarks(&topic, p, timeout).ok()?;
+                        let c = committed
+                            .find_partition(&topic, p)
+                            .and_then(|e| if let Offset::Offset(o) = e.offset() { Some(o) } else { None })
+                            .unwrap_or(low)
+                            .max(low);
+                        done += c;
+                        waits |= stable > c;
+                    }
+                    Some((done, waits))
+                })();
+                // Unreadable (the broker is away): a running stall goes on.
+                if let Some((done, waits)) = measured {
+                    if !waits || last[k] != Some(done) {
+                        since[k] = waits.then(Instant::now);
+                    } else if since[k].is_none() {
+                        since[k] = Some(Instant::now());
+                    }
+                    last[k] = Some(done);
+                }
+                if let Some(t) = since[k] {
+                    longest[k] = longest[k].max(t.elapsed().as_secs_f64());
+                }
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        STAGES.iter().zip(longest).map(|((stage, _), s)| (*stage, (s * 10.0).round() / 10.0)).collect()
+    })
+}
 
 /// How many committed records of `topic` carry each key (read_committed, whole topic).
 fn key_counts(brokers: &str, topic: &str) -> anyhow::Result<BTreeMap<String, usize>> {
@@ -589,6 +681,9 @@ async fn main() -> anyhow::Result<()> {
                 .set("enable.idempotence", "true")
                 .set("message.timeout.ms", "20000")
                 .set("linger.ms", "5")
+                // The 2 MiB poison records go out compressed, as `kcat -z gzip` sends them.
+                .set("compression.type", "gzip")
+                .set("message.max.bytes", (8 << 20).to_string())
                 .create()?)
         }
     };
@@ -642,10 +737,17 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..args.kills {
         events.push((window.mul_f64(rng.f64()), "kill"));
     }
-    events.push((window.mul_f64(0.4), "broker"));
+    for i in 0..args.broker_restarts {
+        // Spread over the window, the first at 40 % as before.
+        let at =
+            if args.broker_restarts == 1 { 0.4 } else { 0.2 + 0.6 * f64::from(i) / f64::from(args.broker_restarts) };
+        events.push((window.mul_f64(at), "broker"));
+    }
     events.push((window.mul_f64(0.55), "push-join"));
     events.push((window.mul_f64(0.8), "push-leave"));
     events.sort_by_key(|e| e.0);
+    let probe_stop = Arc::new(AtomicBool::new(false));
+    let probe = spawn_stall_probe(args.brokers.clone(), prefix.clone(), Arc::clone(&probe_stop));
     let t0 = Instant::now();
     let mut broker_restarts = 0;
     let mut broker = None;
@@ -673,6 +775,10 @@ async fn main() -> anyhow::Result<()> {
             "broker" => {
                 eprintln!("faults: [{:>5.1}s] restarting the broker", t0.elapsed().as_secs_f64());
                 let (stop_cmd, resume_cmd) = (args.broker_stop.clone(), args.broker_resume.clone());
+                // One restart at a time.
+                if let Some(previous) = broker.take() {
+                    previous.await??;
+                }
                 // In the background: the other faults go on while the broker is away.
                 broker = Some(tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                     sh(&stop_cmd)?;
@@ -721,6 +827,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
+    probe_stop.store(true, Ordering::SeqCst);
+    let longest_stall = probe.join().map_err(|_| anyhow::anyhow!("the stall probe panicked"))?;
     stop.store(true, Ordering::SeqCst);
     for b in backends {
         let _ = b.await;
@@ -783,6 +891,7 @@ async fn main() -> anyhow::Result<()> {
         "poison_records": poison.values().sum::<usize>(),
         "dead_letters": dl_counts.values().sum::<usize>(),
         "dead_letter_mismatches": dead_letter_mismatch.len(),
+        "longest_stall_s": longest_stall,
         "drain_s": (t0.elapsed() - fed_at).as_secs_f64().round(),
         "total_s": started.elapsed().as_secs_f64().round(),
     });
