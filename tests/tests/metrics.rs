@@ -1,8 +1,9 @@
 //! The metrics endpoint tells the truth that deploy/ relies on: after a real pipeline on
 //! Apache Kafka handled a valid and a malformed record and delivered a notification over
 //! gRPC, every metric name that the Prometheus rules and the Grafana dashboard query is on
-//! `/metrics`, the malformed record is counted under its reason, every stage's lag is 0
-//! and none is flagged stalled, and the process reports ready.
+//! `/metrics`, the malformed record is counted under its reason, gRPC requests are counted
+//! by method and status, the process reports its memory and descriptors, every stage's lag
+//! is 0 and none is flagged stalled, and the process reports ready.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -117,6 +118,12 @@ async fn every_metric_deploy_queries_is_exported_and_tells_the_truth() {
         })
         .await
         .expect("upsert");
+    // A bad request: refused with its status, counted under it.
+    let refused = common::subscriptions(channel.clone(), token)
+        .upsert(pb::UpsertRequest { subscription: None })
+        .await
+        .expect_err("an upsert without a subscription is refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     let mut stream = common::push(channel.clone(), token)
         .subscribe(pb::SubscribeRequest { from_beginning: true, ..Default::default() })
         .await
@@ -179,6 +186,14 @@ async fn every_metric_deploy_queries_is_exported_and_tells_the_truth() {
     assert!(value(&text, "hexcast_runner_records_received_total", &[("stage", "ingest")]).unwrap_or(0.0) >= 2.0);
     assert!(value(&text, "hexcast_push_delivered_ids_total", &[]).unwrap_or(0.0) >= 1.0);
     assert_eq!(value(&text, "hexcast_push_connected_backends", &[]), Some(1.0), "one backend stream open");
+
+    // gRPC requests by method and status, and the process itself.
+    let upserts = |code| value(&text, "hexcast_grpc_requests_total", &[("method", "Upsert"), ("code", code)]);
+    assert_eq!(upserts("Ok"), Some(1.0), "the good upsert");
+    assert_eq!(upserts("InvalidArgument"), Some(1.0), "the refused upsert");
+    assert!(value(&text, "hexcast_grpc_requests_total", &[("method", "Subscribe"), ("code", "Ok")]).is_some());
+    assert!(value(&text, "process_resident_memory_bytes", &[]).unwrap_or(0.0) > 1e6, "no process RSS");
+    assert!(value(&text, "process_open_fds", &[]).unwrap_or(0.0) > 0.0, "no open fds count");
 
     // Every name deploy/ queries exists. Counters whose labels name an event this run does
     // not cause (a CSV row rejected for a reason) appear with their first event.

@@ -11,6 +11,7 @@ pub mod assets;
 pub mod auth;
 pub mod cursor;
 pub mod error;
+pub mod grpc_metrics;
 pub mod push;
 pub mod requests;
 pub mod review;

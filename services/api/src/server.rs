@@ -29,6 +29,7 @@ use tonic::transport::{Identity, ServerTlsConfig};
 
 use crate::assets::AssetsService;
 use crate::auth::{Role, Tokens};
+use crate::grpc_metrics::GrpcMetricsLayer;
 use crate::push::PushService;
 use crate::requests::{RequestStore, RequestsConfig, RequestsService};
 use crate::review::ReviewService;
@@ -297,18 +298,22 @@ pub async fn start_review(
     serve(router, listener, Duration::from_millis(cfg.shutdown_grace_ms), tls.is_some(), "review", drain, shutdown)
 }
 
+/// The layers in front of every service: request counts by method and status.
+type Layers = tower_layer::Stack<GrpcMetricsLayer, tower_layer::Identity>;
+
 /// A server builder with the configured keepalive and TLS.
-fn builder(cfg: &PushConfig, tls: Option<ServerTlsConfig>) -> anyhow::Result<tonic::transport::Server> {
+fn builder(cfg: &PushConfig, tls: Option<ServerTlsConfig>) -> anyhow::Result<tonic::transport::Server<Layers>> {
     let keepalive = Duration::from_millis(cfg.keepalive_interval_ms);
-    let mut builder = tonic::transport::Server::builder()
+    let builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(Duration::from_millis(cfg.keepalive_timeout_ms)))
         .tcp_keepalive(Some(keepalive))
         .tcp_nodelay(true);
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls).context("config key `push.tls_cert_file`: invalid TLS identity")?;
-    }
-    Ok(builder)
+    let builder = match tls {
+        Some(tls) => builder.tls_config(tls).context("config key `push.tls_cert_file`: invalid TLS identity")?,
+        None => builder,
+    };
+    Ok(builder.layer(GrpcMetricsLayer))
 }
 
 /// The reflection service over hexcast's and health's descriptors.
@@ -326,7 +331,7 @@ fn reflection() -> anyhow::Result<
 /// streams), a grace period with the listener still open for probes, and a hard deadline
 /// for requests still in flight.
 fn serve(
-    router: tonic::transport::server::Router,
+    router: tonic::transport::server::Router<Layers>,
     listener: TcpListener,
     grace: Duration,
     secure: bool,

@@ -78,14 +78,78 @@ pub fn prometheus_builder() -> anyhow::Result<PrometheusBuilder> {
         .map_err(|e| anyhow::anyhow!("histogram buckets: {e}"))
 }
 
-/// Installs the Prometheus exporter on `listen`.
+/// Installs the Prometheus exporter on `listen`, with the process metrics.
 pub fn install_prometheus(listen: std::net::SocketAddr) -> anyhow::Result<()> {
     prometheus_builder()?
         .with_http_listener(listen)
         .install()
         .map_err(|e| anyhow::anyhow!("starting the metrics endpoint on {listen}: {e}"))?;
     describe();
+    spawn_process_metrics();
     Ok(())
+}
+
+/// CPU time of the process, seconds (user + system).
+pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds_total";
+/// Resident memory, bytes.
+pub const PROCESS_RESIDENT_BYTES: &str = "process_resident_memory_bytes";
+/// Open file descriptors.
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+/// Threads.
+pub const PROCESS_THREADS: &str = "process_threads";
+
+/// What `/proc/self` says about the process (Linux), under the names Prometheus' own
+/// clients use.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ProcessSample {
+    cpu_seconds: f64,
+    resident_bytes: f64,
+    threads: f64,
+}
+
+/// Parses `/proc/self/stat` (CPU ticks, threads) and `/proc/self/status` (`VmRSS`).
+/// /proc counts CPU time in USER_HZ ticks, 100 per second on every Linux architecture.
+fn parse_process(stat: &str, status: &str) -> Option<ProcessSample> {
+    // Fields after the command name, which may itself hold spaces and parentheses.
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // fields[0] is field 3 (state): utime is field 14, stime 15, num_threads 20.
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    let cpu_seconds = (ticks(11)? + ticks(12)?) / 100.0;
+    let threads = ticks(17)?;
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())?;
+    Some(ProcessSample { cpu_seconds, resident_bytes: rss_kb * 1024.0, threads })
+}
+
+/// Exports the process metrics every 5 s from a thread of their own (Linux only; elsewhere
+/// nothing is exported).
+fn spawn_process_metrics() {
+    metrics::describe_counter!(PROCESS_CPU_SECONDS, metrics::Unit::Seconds, "user and system CPU time of the process");
+    metrics::describe_gauge!(PROCESS_RESIDENT_BYTES, metrics::Unit::Bytes, "resident memory of the process");
+    metrics::describe_gauge!(PROCESS_OPEN_FDS, "open file descriptors of the process");
+    metrics::describe_gauge!(PROCESS_THREADS, "threads of the process");
+    let spawned = std::thread::Builder::new().name("process-metrics".into()).spawn(|| {
+        loop {
+            let stat = std::fs::read_to_string("/proc/self/stat");
+            let status = std::fs::read_to_string("/proc/self/status");
+            let (Ok(stat), Ok(status)) = (stat, status) else { return };
+            if let Some(p) = parse_process(&stat, &status) {
+                metrics::counter!(PROCESS_CPU_SECONDS).absolute(p.cpu_seconds.round() as u64);
+                metrics::gauge!(PROCESS_RESIDENT_BYTES).set(p.resident_bytes);
+                metrics::gauge!(PROCESS_THREADS).set(p.threads);
+            }
+            if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+                metrics::gauge!(PROCESS_OPEN_FDS).set(fds.count() as f64);
+            }
+            std::thread::sleep(std::time::Duration::from_secs(5));
+        }
+    });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "no process metrics: cannot start their thread");
+    }
 }
 
 /// In-process counters of one running stage, for the demo's summary and for tests.
@@ -166,6 +230,25 @@ mod tests {
         assert!(text.contains("hexcast_runner_batch_seconds_bucket{stage=\"t\",le=\"0.005\"} 1"), "{text}");
         assert!(text.contains("hexcast_runner_end_to_end_latency_seconds_bucket"), "{text}");
         assert!(!text.contains("quantile="), "summaries remain: {text}");
+    }
+
+    #[test]
+    fn process_metrics_are_parsed_from_proc() {
+        // A command name with a space and a parenthesis, as /proc may show it.
+        let stat = "4242 (stage) x) S 1 4242 4242 0 -1 4194560 2000 0 0 0 250 130 0 0 20 0 37 0 100 \
+                    500000000 12000 18446744073709551615";
+        let status = "Name:\tstage\nVmPeak:\t  900000 kB\nVmRSS:\t  204800 kB\nThreads:\t37\n";
+        let p = parse_process(stat, status).expect("parsed");
+        assert_eq!(p, ProcessSample { cpu_seconds: 3.8, resident_bytes: 204_800.0 * 1024.0, threads: 37.0 });
+        assert_eq!(parse_process("garbage", status), None);
+        assert_eq!(parse_process(stat, "Name: x"), None);
+        // This process, for real.
+        let real = parse_process(
+            &std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat"),
+            &std::fs::read_to_string("/proc/self/status").expect("/proc/self/status"),
+        )
+        .expect("this process parses");
+        assert!(real.resident_bytes > 1_000_000.0 && real.threads >= 1.0, "{real:?}");
     }
 
     #[test]
