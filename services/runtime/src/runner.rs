@@ -659,8 +659,10 @@ impl Session {
                     }
                 }
                 Some(Err(e)) => {
-                    if let KafkaError::MessageConsumption(RDKafkaErrorCode::Fatal) = e {
-                        return Err(e).context("consumer fatal error");
+                    if matches!(e, KafkaError::MessageConsumptionFatal(_))
+                        || matches!(e, KafkaError::MessageConsumption(RDKafkaErrorCode::Fatal))
+                    {
+                        return Err(e).context("the consumer failed for good");
                     }
                     tracing::warn!(error = %e, "consumer error");
                     return Ok(Some(batch));
@@ -1099,11 +1101,30 @@ where
                 tracing::info!(stage = name, "stage stopping: no batch in flight");
                 return Ok(());
             }
-            let Some(batch) = session.collect(&rt.runner)? else {
-                // Rebalanced: whatever was read is abandoned and state rebuilt.
-                session.forget_commits();
-                stage = factory();
-                continue;
+            let batch = match session.collect(&rt.runner) {
+                Ok(Some(batch)) => batch,
+                Ok(None) => {
+                    // Rebalanced: whatever was read is abandoned and state rebuilt.
+                    session.forget_commits();
+                    stage = factory();
+                    continue;
+                }
+                Err(e) => {
+                    // A fatal consumer error never clears by itself: the consumer would poll
+                    // nothing forever. Seen after a broker SIGKILL: the restarted coordinator
+                    // fenced this static member (FencedInstanceId). A new consumer with the
+                    // same instance id rejoins and takes the member's place.
+                    tracing::error!(
+                        stage = name,
+                        error = %format!("{e:#}"),
+                        "rebuilding the Kafka session (if this repeats, another process may use the same \
+                         kafka.instance_id)"
+                    );
+                    drop(session);
+                    stage = factory();
+                    std::thread::sleep(Duration::from_millis(rt.runner.retry_backoff_ms));
+                    continue 'session;
+                }
             };
             if batch.is_empty() {
                 session.idle(&rt, name, &stats, &stop);
