@@ -302,3 +302,182 @@ async fn transparency_page(State(c): State<Shared>, headers: HeaderMap) -> Respo
     r.headers_mut().insert("x-console-version", HeaderValue::from(c.transparency.version()));
     r
 }
+
+#[cfg(test)]
+mod tests {
+    //! The routes over a real socket, without a broker: sign-in, sessions, roles, CSRF and
+    //! headers. (Verdicts that reach Kafka are the browser test's: tests/tests/e2e/console.rs.)
+
+    use std::io::{Read as _, Write as _};
+    use std::net::SocketAddr;
+
+    use hexcast_core::{Alert, Area, Category, HeldAlert, LatLng, Timestamp};
+    use hexcast_review::Pending;
+
+    use super::*;
+    use crate::config::ConsoleConfig;
+
+    const REVIEWER: &str = "ana-reviewer-token-0123";
+    const OPERATOR: &str = "oscar-operator-token-0123";
+
+    struct Reply {
+        status: u16,
+        head: String,
+        body: String,
+    }
+
+    impl Reply {
+        fn cookie(&self) -> Option<String> {
+            let line = self.head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))?;
+            let value = line.split_once(':')?.1.trim();
+            Some(value.split(';').next()?.to_owned())
+        }
+        fn csrf(&self) -> String {
+            let at = self.body.find("name=\"csrf\" value=\"").expect("a form with a csrf token") + 19;
+            self.body[at..at + 64].to_owned()
+        }
+    }
+
+    async fn http(addr: SocketAddr, method: &str, path: &str, cookie: Option<&str>, body: &str) -> Reply {
+        let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{cookie}\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let response = tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+            stream.write_all(request.as_bytes()).expect("send");
+            let mut response = String::new();
+            stream.read_to_string(&mut response).expect("receive");
+            response
+        })
+        .await
+        .expect("exchange");
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        Reply { status, head: head.to_owned(), body: body.to_owned() }
+    }
+
+    async fn serve() -> (SocketAddr, hexcast_review::PendingMap) {
+        let rt = hexcast_runtime::Runtime::new(
+            hexcast_runtime::KafkaConfig::new("127.0.0.1:1"),
+            hexcast_runtime::RunnerConfig::default(),
+        );
+        let pending = hexcast_review::PendingMap::default();
+        let c = LatLng::new(40.1, -75.3).expect("valid");
+        let mut alert = Alert::synthetic(
+            "pd:h1@1",
+            Category::parse("crime.hostage").expect("known"),
+            Area::circle(c, 500.0).expect("valid"),
+        );
+        alert.coarse_cell = c.cell(h3o::Resolution::Eight);
+        alert.headline = "Hostage situation <b>reported</b>".into();
+        let held = HeldAlert {
+            alert,
+            held_at: Timestamp(0),
+            deadline: Timestamp(i64::MAX / 2),
+            release_on_timeout: false,
+            rule: "hold".into(),
+        };
+        pending.lock().expect("lock").insert("pd:h1".into(), Pending { held, partition: 0 });
+        let writer = hexcast_runtime::Writer::new(&rt, "console-test").expect("writer");
+        let review = hexcast_api::ReviewService::new(pending.clone(), writer, rt.clock.clone());
+        let console = Console::new(
+            ConsoleConfig::default(),
+            review,
+            hexcast_api::Tokens::new([("ana".to_owned(), REVIEWER.to_owned())]),
+            hexcast_api::Tokens::new([("oscar".to_owned(), OPERATOR.to_owned())]),
+            rt.clock.clone(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, router(Arc::new(console))).await });
+        (addr, pending)
+    }
+
+    async fn sign_in(addr: SocketAddr, token: &str) -> String {
+        let form = http(addr, "GET", "/login", None, "").await;
+        let anon = form.cookie().expect("an anonymous session for the form");
+        let r = http(addr, "POST", "/login", Some(&anon), &format!("csrf={}&token={token}", form.csrf())).await;
+        assert_eq!(r.status, 303, "{}", r.head);
+        let signed = r.cookie().expect("a new session");
+        assert_ne!(signed, anon, "sign-in issues a new id");
+        // The anonymous id is gone: it cannot become the signed-in session.
+        assert_eq!(http(addr, "GET", "/review", Some(&anon), "").await.status, 401);
+        signed
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sign_in_needs_the_forms_token_and_a_known_token() {
+        let (addr, _) = serve().await;
+        let form = http(addr, "GET", "/login", None, "").await;
+        assert_eq!(form.status, 200);
+        let set = form.head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).expect("cookie");
+        assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+        let anon = form.cookie().expect("cookie");
+        let no_csrf = http(addr, "POST", "/login", Some(&anon), &format!("token={REVIEWER}")).await;
+        assert_eq!(no_csrf.status, 403);
+        let no_session = http(addr, "POST", "/login", None, &format!("csrf={}&token={REVIEWER}", form.csrf())).await;
+        assert_eq!(no_session.status, 403);
+        let wrong =
+            http(addr, "POST", "/login", Some(&anon), &format!("csrf={}&token=nope-nope-nope-nope", form.csrf())).await;
+        assert_eq!(wrong.status, 401);
+        assert!(wrong.body.contains("Unknown token"), "{}", wrong.body);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pages_need_their_role_and_posts_their_csrf_token() {
+        let (addr, pending) = serve().await;
+        for path in ["/review", "/review/fragment", "/map", "/map/fragment"] {
+            assert_eq!(http(addr, "GET", path, None, "").await.status, 401, "{path}");
+        }
+        let reviewer = sign_in(addr, REVIEWER).await;
+        let page = http(addr, "GET", "/review", Some(&reviewer), "").await;
+        assert_eq!(page.status, 200);
+        let head = page.head.to_ascii_lowercase();
+        assert!(
+            head.contains(&format!("content-security-policy: {}", crate::page::CSP.to_ascii_lowercase())),
+            "{head}"
+        );
+        assert!(page.body.contains("Hostage situation &lt;b&gt;reported&lt;/b&gt;"), "{}", page.body);
+        assert!(!page.body.contains("<b>reported"), "escaped");
+        assert_eq!(http(addr, "GET", "/map", Some(&reviewer), "").await.status, 403);
+        let csrf = page.csrf();
+        // Without the token, with another, or without a reason: nothing is decided.
+        for body in
+            ["incident=pd%3Ah1&reason=dup".to_owned(), format!("incident=pd%3Ah1&reason=dup&csrf={}", "0".repeat(64))]
+        {
+            assert_eq!(http(addr, "POST", "/review/reject", Some(&reviewer), &body).await.status, 403, "{body}");
+        }
+        let r = http(addr, "POST", "/review/reject", Some(&reviewer), &format!("incident=pd%3Ah1&reason=&csrf={csrf}"))
+            .await;
+        assert_eq!(r.status, 400);
+        assert!(r.body.contains("reason: required"), "{}", r.body);
+        assert!(pending.lock().expect("lock").contains_key("pd:h1"));
+        // A held alert that is not pending: nothing to decide, said so.
+        let r = http(addr, "POST", "/review/approve", Some(&reviewer), &format!("incident=nope&csrf={csrf}")).await;
+        assert_eq!((r.status, r.head.contains("done=stale")), (303, true), "{}", r.head);
+
+        let operator = sign_in(addr, OPERATOR).await;
+        assert_eq!(http(addr, "GET", "/map", Some(&operator), "").await.status, 200);
+        assert_eq!(http(addr, "GET", "/review", Some(&operator), "").await.status, 403);
+        // Signing out needs the token too, then the session is gone.
+        let map = http(addr, "GET", "/map", Some(&operator), "").await;
+        assert_eq!(http(addr, "POST", "/logout", Some(&operator), "").await.status, 403);
+        assert_eq!(http(addr, "POST", "/logout", Some(&operator), &format!("csrf={}", map.csrf())).await.status, 303);
+        assert_eq!(http(addr, "GET", "/map", Some(&operator), "").await.status, 401);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_public_page_and_the_script_need_no_session_and_carry_the_headers() {
+        let (addr, _) = serve().await;
+        let page = http(addr, "GET", "/transparency", None, "").await;
+        assert_eq!(page.status, 200);
+        assert!(page.head.to_ascii_lowercase().contains("x-frame-options: deny"), "{}", page.head);
+        let js = http(addr, "GET", "/static/console.js", None, "").await;
+        assert_eq!(js.status, 200);
+        assert!(js.head.to_ascii_lowercase().contains("content-type: text/javascript"), "{}", js.head);
+        assert_eq!(http(addr, "GET", "/nowhere", None, "").await.status, 404);
+    }
+}
