@@ -81,8 +81,13 @@ fn bearer<T>(token: &str, msg: T) -> tonic::Request<T> {
 
 /// An executable: `env` if set, else the first of `names` on PATH. Fails with one line.
 fn tool(env: &str, names: &[&str]) -> PathBuf {
-    if let Some(p) = std::env::var_os(env) {
-        return PathBuf::from(p);
+    if let Some(p) = std::env::var_os(env).map(PathBuf::from) {
+        assert!(
+            p.is_file(),
+            "{env}={}: no such file (the console browser test needs chromium and chromedriver)",
+            p.display()
+        );
+        return p;
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path) {
