@@ -650,6 +650,19 @@ mod tests {
     }
 
     #[test]
+    fn console_needs_review_in_the_process_and_the_switch_on() {
+        let mut cfg = Config::for_brokers("127.0.0.1:1");
+        let reviewers = || Some(Tokens::new([("ana".to_owned(), "ana-reviewer-token-0123".to_owned())]));
+        let alone = prepare(&cfg, &[Target::Console], None, None).expect_err("console alone").to_string();
+        assert!(alone.contains("console needs review"), "{alone}");
+        assert!(prepare(&cfg, &[Target::Review, Target::Console], None, reviewers()).is_ok());
+        cfg.console.enabled = false;
+        let off = prepare(&cfg, &[Target::Review, Target::Console], None, reviewers()).expect_err("off").to_string();
+        assert!(off.contains("console.enabled"), "{off}");
+        assert_eq!(parse_targets("review,console").expect("list"), vec![Target::Review, Target::Console]);
+    }
+
+    #[test]
     fn policy_regions_read_geojson_polygons_relative_to_the_policy_file() {
         let dir = std::env::temp_dir().join(format!("hexcast-policy-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
