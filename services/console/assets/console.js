@@ -2,6 +2,7 @@
 // 1. A section with data-poll="URL" is refreshed from URL every data-every ms; its HTML is
 //    replaced only when the server's X-Console-Version differs and nobody is typing in it.
 // 2. Elements with data-deadline / data-since (Unix ms) count down / up every second.
+// 3. A range input with data-autosubmit shows its value and submits its form on change.
 (function () {
   "use strict";
   function fmt(ms) {
@@ -46,6 +47,11 @@
   }
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-poll]").forEach(poll);
+    document.querySelectorAll("input[data-autosubmit]").forEach(function (input) {
+      var out = input.form && input.form.querySelector("output");
+      input.addEventListener("input", function () { if (out) out.textContent = input.value; });
+      input.addEventListener("change", function () { if (input.form) input.form.submit(); });
+    });
     clocks();
     window.setInterval(clocks, 1000);
   });

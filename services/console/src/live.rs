@@ -1,8 +1,9 @@
 //! The operators' live map: the active alerts, each as its public view (coarse cells and
 //! the display location, never the precise target the `alerts` topic carries), coloured by
 //! category, with the number of subscribers notified so far (counts only, from the
-//! `notifications` topic; never an id). Updates replace an alert, a close removes it, an
-//! expired one is not shown.
+//! `notifications` topic; never an id). Updates replace an alert, a close ends it, an
+//! expired one is no longer active; a window of the last hours (the page's slider) shows
+//! the ended ones too, as long as the table keeps them.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -54,6 +55,15 @@ pub struct LiveAlert {
     pub expires_ms: Option<i64>,
     /// Updates received after the first.
     pub updates: u32,
+    /// When it was closed, Unix ms.
+    pub closed_ms: Option<i64>,
+}
+
+impl LiveAlert {
+    /// Neither closed nor expired at `now`.
+    pub fn is_active(&self, now: Timestamp) -> bool {
+        self.closed_ms.is_none() && self.expires_ms.is_none_or(|e| e > now.0)
+    }
 }
 
 /// Active alerts and notified counts, kept in step with `alerts` and `notifications`.
@@ -70,7 +80,10 @@ impl LiveAlerts {
     pub fn apply_alert(&self, alert: &Alert) {
         let Ok(mut map) = self.alerts.write() else { return };
         if alert.kind == EventKind::Close {
-            if map.remove(&alert.alert_id).is_some() {
+            if let Some(a) = map.get_mut(&alert.alert_id)
+                && a.closed_ms.is_none()
+            {
+                a.closed_ms = Some(alert.issued_at.0);
                 self.closed.fetch_add(1, Ordering::Relaxed);
             }
         } else {
@@ -90,6 +103,7 @@ impl LiveAlerts {
                     issued_ms: alert.issued_at.0,
                     expires_ms: alert.expires_at.map(|t| t.0),
                     updates,
+                    closed_ms: None,
                 },
             );
             while map.len() > MAX_KEPT {
@@ -115,10 +129,20 @@ impl LiveAlerts {
 
     /// Active alerts at `now`, newest first, with their notified counts.
     pub fn active(&self, now: Timestamp) -> Vec<(LiveAlert, u64)> {
+        self.select(|a| a.is_active(now))
+    }
+
+    /// The alerts active at `now` or issued in the last `hours`, newest first.
+    pub fn window(&self, now: Timestamp, hours: u32) -> Vec<(LiveAlert, u64)> {
+        let since = now.0 - i64::from(hours) * 3_600_000;
+        self.select(|a| a.is_active(now) || a.issued_ms >= since || a.closed_ms.is_some_and(|c| c >= since))
+    }
+
+    fn select(&self, keep: impl Fn(&LiveAlert) -> bool) -> Vec<(LiveAlert, u64)> {
         let (Ok(alerts), Ok(notified)) = (self.alerts.read(), self.notified.read()) else { return Vec::new() };
         let mut out: Vec<(LiveAlert, u64)> = alerts
             .values()
-            .filter(|a| a.expires_ms.is_none_or(|e| e > now.0))
+            .filter(|a| keep(a))
             .map(|a| (a.clone(), notified.get(&a.alert_id).copied().unwrap_or(0)))
             .collect();
         out.sort_by(|(a, _), (b, _)| (b.issued_ms, &b.alert_id).cmp(&(a.issued_ms, &a.alert_id)));
@@ -163,9 +187,11 @@ impl hexcast_runtime::follower::Table for NotificationsTable {
     }
 }
 
-/// The live part of the map page (refreshed by polling).
-pub fn fragment(live: &LiveAlerts, now: Timestamp) -> Markup {
-    let active = live.active(now);
+/// The live part of the map page (refreshed by polling): the active alerts, or with
+/// `hours` > 0 also those of the last `hours` that have ended.
+pub fn fragment(live: &LiveAlerts, now: Timestamp, hours: u32) -> Markup {
+    let active = if hours == 0 { live.active(now) } else { live.window(now, hours) };
+    let shown = active.iter().filter(|(a, _)| a.is_active(now)).count();
     let layers: Vec<Layer> = active
         .iter()
         .rev()
@@ -180,7 +206,11 @@ pub fn fragment(live: &LiveAlerts, now: Timestamp) -> Markup {
         .map(|(a, _)| Marker { at: a.display, class: "display".into(), title: format!("{} ({})", a.place, a.category) })
         .collect();
     html! {
-        p.muted { (active.len()) " active alerts · " (live.closed()) " closed since start" }
+        p.muted {
+            (shown) " active alerts"
+            @if hours > 0 { " · " (active.len() - shown) " ended in the last " (hours) " h" }
+            " · " (live.closed()) " closed since start"
+        }
         div.legend {
             @for (class, label) in [("cat-crime", "crime"), ("cat-fire", "fire"), ("cat-medical", "medical"), ("cat-traffic", "traffic"), ("cat-hazard", "hazard"), ("cat-other", "other")] {
                 span class=(class) { (label) }
@@ -189,7 +219,7 @@ pub fn fragment(live: &LiveAlerts, now: Timestamp) -> Markup {
         div.card { (svg(&layers, &markers, 640, 400, "active alerts")) }
         div.scroll {
             table #alerts {
-                thead { tr { th { "Category" } th { "Severity" } th { "Headline" } th { "Place" } th { "Issued" } th { "Expires in" } th { "Notified" } } }
+                thead { tr { th { "Category" } th { "Severity" } th { "Headline" } th { "Place" } th { "Issued" } th { "Expires in" } th { "Notified" } th { "Status" } } }
                 tbody {
                     @for (a, n) in &active {
                         tr data-alert=(a.alert_id) {
@@ -200,9 +230,14 @@ pub fn fragment(live: &LiveAlerts, now: Timestamp) -> Markup {
                             td { (utc(a.issued_ms)) }
                             td { @if let Some(e) = a.expires_ms { span data-deadline=(e) { (duration(e - now.0)) } } @else { "—" } }
                             td.notified { (n) }
+                            td.status {
+                                @if let Some(c) = a.closed_ms { "closed " (utc(c)) }
+                                @else if a.is_active(now) { "active" }
+                                @else { "expired" }
+                            }
                         }
                     }
-                    @if active.is_empty() { tr { td colspan="7" { "No active alerts." } } }
+                    @if active.is_empty() { tr { td colspan="8" { "No alerts." } } }
                 }
             }
         }
@@ -245,10 +280,19 @@ mod tests {
         let active = live.active(Timestamp(0));
         let a1 = active.iter().find(|(a, _)| a.alert_id == "a1").expect("a1");
         assert_eq!((a1.0.updates, a1.1), (1, 3));
-        live.apply_alert(&alert("a2", EventKind::Close));
-        assert_eq!(live.active(Timestamp(0)).len(), 1);
-        assert_eq!(live.closed(), 1);
-        let html = fragment(&live, Timestamp(0)).into_string();
+        let mut close = alert("a2", EventKind::Close);
+        close.issued_at = Timestamp(7_200_000);
+        live.apply_alert(&close);
+        live.apply_alert(&close);
+        let now = Timestamp(3 * 3_600_000);
+        assert_eq!(live.active(now).len(), 1);
+        assert_eq!(live.closed(), 1, "a repeated close counts once");
+        // The slider's window: closed an hour ago, in the last 2 h but not in the last 0.
+        let ended: Vec<String> =
+            live.window(now, 2).into_iter().filter(|(a, _)| !a.is_active(now)).map(|(a, _)| a.alert_id).collect();
+        assert_eq!(ended, vec!["a2".to_owned()]);
+        assert!(fragment(&live, now, 2).into_string().contains("closed 1970-01-01 02:00 UTC"));
+        let html = fragment(&live, now, 0).into_string();
         assert!(!html.contains("s1") && !html.contains("s3"), "{html}");
     }
 

@@ -268,26 +268,41 @@ async fn reject(State(c): State<Shared>, headers: HeaderMap, Form(form): Form<Ha
     decide(&c, &headers, &form, false).await
 }
 
-async fn map_page(State(c): State<Shared>, headers: HeaderMap) -> Response {
+/// The map's window in hours (`?hours=N`, 0..=24; 0: active alerts only).
+fn hours(uri: &Uri) -> u32 {
+    uri.query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("hours=")))
+        .and_then(|h| h.parse::<u32>().ok())
+        .unwrap_or(0)
+        .min(24)
+}
+
+async fn map_page(State(c): State<Shared>, headers: HeaderMap, uri: Uri) -> Response {
     let (_, s, name) = match require(&c, &headers, Role::Operator) {
         Ok(x) => x,
         Err(r) => return r.into_response(),
     };
+    let hours = hours(&uri);
     let body = html! {
         h1 { "Live map" }
         p.muted { "Active alerts as their public areas (coarse cells) and display locations; counts of notified subscribers only." }
-        section #live data-poll="/map/fragment" data-every=(c.cfg.poll_interval_ms) data-version=(c.live.version()) {
-            (crate::live::fragment(&c.live, c.now()))
+        form.slider method="get" action="/map" {
+            label for="hours" { "Also ended in the last " output #hours-out for="hours" { (hours) } " h" }
+            input #hours type="range" name="hours" min="0" max="24" step="1" value=(hours) data-autosubmit;
+            button type="submit" { "Show" }
+        }
+        section #live data-poll=(format!("/map/fragment?hours={hours}")) data-every=(c.cfg.poll_interval_ms) data-version=(c.live.version()) {
+            (crate::live::fragment(&c.live, c.now(), hours))
         }
     };
     respond(StatusCode::OK, frame("Live map", Nav::Map, Some((&name, &s.csrf)), body))
 }
 
-async fn map_fragment(State(c): State<Shared>, headers: HeaderMap) -> Response {
+async fn map_fragment(State(c): State<Shared>, headers: HeaderMap, uri: Uri) -> Response {
     if let Err(r) = require(&c, &headers, Role::Operator) {
         return r.into_response();
     }
-    let mut r = respond(StatusCode::OK, crate::live::fragment(&c.live, c.now()));
+    let mut r = respond(StatusCode::OK, crate::live::fragment(&c.live, c.now(), hours(&uri)));
     r.headers_mut().insert("x-console-version", HeaderValue::from(c.live.version()));
     r
 }
@@ -461,6 +476,8 @@ mod tests {
 
         let operator = sign_in(addr, OPERATOR).await;
         assert_eq!(http(addr, "GET", "/map", Some(&operator), "").await.status, 200);
+        let slid = http(addr, "GET", "/map?hours=30", Some(&operator), "").await;
+        assert!(slid.body.contains("value=\"24\"") && slid.body.contains("/map/fragment?hours=24"), "{}", slid.body);
         assert_eq!(http(addr, "GET", "/review", Some(&operator), "").await.status, 403);
         // Signing out needs the token too, then the session is gone.
         let map = http(addr, "GET", "/map", Some(&operator), "").await;

@@ -461,6 +461,10 @@ async fn editors_review_in_a_browser_and_the_public_sees_requests_without_recipi
     let op_cookie = client.get_all_cookies().await.expect("cookies");
     let op = op_cookie.iter().find(|c| c.name() == "hexcast_session").expect("operator session");
     assert_eq!(http(console, "GET", "/review", Some(&format!("hexcast_session={}", op.value())), "").await.0, 403);
+    // The slider's window of the last hours lists it too, as active.
+    client.goto(&format!("http://{console}/map?hours=6")).await.expect("map, last 6 h");
+    wait_for(&client, "form.slider input#hours").await;
+    wait_text(&client, "#alerts td.status", "active").await;
     screenshot(&client, "map.png", 1280, 800).await;
 
     client.close().await.expect("close browser");
