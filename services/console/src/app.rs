@@ -11,6 +11,7 @@ use hexcast_runtime::Clock;
 use crate::audit::ReviewAudit;
 use crate::config::ConsoleConfig;
 use crate::live::LiveAlerts;
+use crate::map::Outline;
 use crate::session::{Role, Session, Sessions};
 use crate::transparency::TransparencyLog;
 
@@ -34,6 +35,8 @@ pub struct Console {
     pub live: Arc<LiveAlerts>,
     /// Recent review decisions.
     pub audit: Arc<ReviewAudit>,
+    /// Outlines drawn under the maps (`console.outline_geojson`).
+    pub outlines: Vec<Outline>,
 }
 
 impl std::fmt::Debug for Console {
@@ -56,7 +59,14 @@ impl Console {
             transparency: Arc::default(),
             live: Arc::default(),
             audit: Arc::default(),
+            outlines: Vec::new(),
         }
+    }
+
+    /// With `outlines` drawn under every map.
+    pub fn with_outlines(mut self, outlines: Vec<Outline>) -> Self {
+        self.outlines = outlines;
+        self
     }
 
     /// Now.

@@ -34,6 +34,9 @@ pub struct ConsoleConfig {
     /// Mark the session cookie `Secure` (set it when a TLS proxy fronts the console).
     #[serde(default)]
     pub cookie_secure: bool,
+    /// GeoJSON file of outline polygons (city neighbourhoods) drawn under every map.
+    #[serde(default)]
+    pub outline_geojson: Option<PathBuf>,
 }
 
 const fn default_enabled() -> bool {
@@ -62,6 +65,7 @@ impl Default for ConsoleConfig {
             max_sessions: default_max_sessions(),
             poll_interval_ms: default_poll_ms(),
             cookie_secure: false,
+            outline_geojson: None,
         }
     }
 }

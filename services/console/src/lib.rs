@@ -46,18 +46,22 @@ pub struct ConsoleHandle {
 }
 
 /// Starts the console on `listener`: followers of `transparency`, `alerts`,
-/// `notifications` and `audit` fill its tables; verdicts go through `review`.
+/// `notifications` and `audit` fill its tables; verdicts go through `review`; `outlines`
+/// are drawn under the maps.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     rt: &Runtime,
     cfg: &ConsoleConfig,
     review: ReviewService,
     reviewers: Tokens,
     operators: Tokens,
+    outlines: Vec<map::Outline>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ConsoleHandle> {
     cfg.validate()?;
-    let console = Arc::new(Console::new(cfg.clone(), review, reviewers, operators, rt.clock.clone()));
+    let console =
+        Arc::new(Console::new(cfg.clone(), review, reviewers, operators, rt.clock.clone()).with_outlines(outlines));
     let followers = vec![
         follow(
             rt,

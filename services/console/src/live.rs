@@ -16,7 +16,7 @@ use hexcast_proto::v1 as pb;
 use maud::{Markup, html};
 use prost::Message as _;
 
-use crate::map::{Layer, MAX_DRAWN, Marker, svg};
+use crate::map::{Layer, MAX_DRAWN, Marker, Outline, svg};
 use crate::page::{category_class, duration, severity, utc};
 
 /// Most alerts kept (the newest).
@@ -189,7 +189,7 @@ impl hexcast_runtime::follower::Table for NotificationsTable {
 
 /// The live part of the map page (refreshed by polling): the active alerts, or with
 /// `hours` > 0 also those of the last `hours` that have ended.
-pub fn fragment(live: &LiveAlerts, now: Timestamp, hours: u32) -> Markup {
+pub fn fragment(live: &LiveAlerts, now: Timestamp, hours: u32, outlines: &[Outline]) -> Markup {
     let active = if hours == 0 { live.active(now) } else { live.window(now, hours) };
     let shown = active.iter().filter(|(a, _)| a.is_active(now)).count();
     let layers: Vec<Layer> = active
@@ -216,7 +216,7 @@ pub fn fragment(live: &LiveAlerts, now: Timestamp, hours: u32) -> Markup {
                 span class=(class) { (label) }
             }
         }
-        div.card { (svg(&layers, &markers, 640, 400, "active alerts")) }
+        div.card { (svg(&layers, &markers, outlines, 640, 400, "active alerts")) }
         div.scroll {
             table #alerts {
                 thead { tr { th { "Category" } th { "Severity" } th { "Headline" } th { "Place" } th { "Issued" } th { "Expires in" } th { "Notified" } th { "Status" } } }
@@ -291,8 +291,8 @@ mod tests {
         let ended: Vec<String> =
             live.window(now, 2).into_iter().filter(|(a, _)| !a.is_active(now)).map(|(a, _)| a.alert_id).collect();
         assert_eq!(ended, vec!["a2".to_owned()]);
-        assert!(fragment(&live, now, 2).into_string().contains("closed 1970-01-01 02:00 UTC"));
-        let html = fragment(&live, now, 0).into_string();
+        assert!(fragment(&live, now, 2, &[]).into_string().contains("closed 1970-01-01 02:00 UTC"));
+        let html = fragment(&live, now, 0, &[]).into_string();
         assert!(!html.contains("s1") && !html.contains("s3"), "{html}");
     }
 

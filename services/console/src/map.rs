@@ -32,6 +32,28 @@ pub struct Marker {
     pub title: String,
 }
 
+/// A named outline (a city neighbourhood, from `console.outline_geojson`) drawn under the
+/// cells of every map it crosses.
+#[derive(Debug, Clone)]
+pub struct Outline {
+    /// Its name (tooltip).
+    pub name: String,
+    /// Its exterior ring, (lat, lng).
+    pub ring: Vec<(f64, f64)>,
+    /// Its bounding box: (min lat, min lng, max lat, max lng).
+    bbox: (f64, f64, f64, f64),
+}
+
+impl Outline {
+    /// An outline of a ring of (lat, lng).
+    pub fn new(name: String, ring: Vec<(f64, f64)>) -> Self {
+        let bbox = ring.iter().fold((90.0f64, 180.0f64, -90.0f64, -180.0f64), |b, &(lat, lng)| {
+            (b.0.min(lat), b.1.min(lng), b.2.max(lat), b.3.max(lng))
+        });
+        Self { name, ring, bbox }
+    }
+}
+
 /// `cells`, coarsened until at most `max` remain (parents, deduplicated).
 pub fn drawable(cells: &[CellIndex], max: usize) -> Vec<CellIndex> {
     let mut out: Vec<CellIndex> = cells.to_vec();
@@ -81,6 +103,34 @@ impl Projection {
     fn xy(&self, lat: f64, lng: f64) -> (f64, f64) {
         (self.cx + (lng - self.lng0) * self.k * self.scale, self.cy - (lat - self.lat0) * self.scale)
     }
+
+    /// The (min lat, min lng, max lat, max lng) the box shows.
+    fn visible(&self) -> (f64, f64, f64, f64) {
+        let (half_lat, half_lng) = (self.cy / self.scale, self.cx / (self.k * self.scale));
+        (self.lat0 - half_lat, self.lng0 - half_lng, self.lat0 + half_lat, self.lng0 + half_lng)
+    }
+}
+
+/// The outlines crossing the box, as SVG point lists (vertices closer than a unit to the
+/// last one drawn are skipped: a neighbourhood of thousands of vertices stays small).
+fn outline_points(p: &Projection, outlines: &[Outline]) -> Vec<(String, String)> {
+    let v = p.visible();
+    outlines
+        .iter()
+        .filter(|o| o.bbox.0 <= v.2 && o.bbox.2 >= v.0 && o.bbox.1 <= v.3 && o.bbox.3 >= v.1)
+        .map(|o| {
+            let mut pts = Vec::new();
+            let mut last: Option<(f64, f64)> = None;
+            for &(lat, lng) in &o.ring {
+                let (x, y) = p.xy(lat, lng);
+                if last.is_none_or(|(lx, ly)| (x - lx).abs() + (y - ly).abs() >= 1.0) {
+                    pts.push(format!("{x:.1},{y:.1}"));
+                    last = Some((x, y));
+                }
+            }
+            (o.name.clone(), pts.join(" "))
+        })
+        .collect()
 }
 
 fn boundary(cell: CellIndex) -> Vec<(f64, f64)> {
@@ -90,8 +140,9 @@ fn boundary(cell: CellIndex) -> Vec<(f64, f64)> {
 /// Polygons (rings of (lat, lng)) of one layer.
 type Rings<'a> = (Vec<Vec<(f64, f64)>>, &'a Layer);
 
-/// An SVG map of `layers` and `markers`, `width` x `height` user units, scaled by CSS.
-pub fn svg(layers: &[Layer], markers: &[Marker], width: u32, height: u32, label: &str) -> Markup {
+/// An SVG map of `layers` and `markers` over the `outlines` they cross, `width` x `height`
+/// user units, scaled by CSS.
+pub fn svg(layers: &[Layer], markers: &[Marker], outlines: &[Outline], width: u32, height: u32, label: &str) -> Markup {
     let drawn: Vec<Rings<'_>> = layers
         .iter()
         .map(|l| (drawable(&l.cells, MAX_DRAWN).into_iter().map(boundary).collect::<Vec<_>>(), l))
@@ -111,6 +162,9 @@ pub fn svg(layers: &[Layer], markers: &[Marker], width: u32, height: u32, label:
     html! {
         svg.map xmlns="http://www.w3.org/2000/svg" viewBox=(format!("0 0 {width} {height}")) role="img" aria-label=(label) {
             rect.sea x="0" y="0" width=(width) height=(height) {}
+            @for (name, pts) in outline_points(&p, outlines) {
+                polygon.outline points=(pts) { title { (name) } }
+            }
             @for (polys, layer) in &drawn {
                 g class=(layer.class) {
                     title { (layer.title) }
@@ -145,8 +199,12 @@ mod tests {
         let layer = Layer { cells: cells.clone(), class: "area".into(), title: "<script>x</script>".into() };
         let marker =
             Marker { at: LatLng::new(40.1, -75.3).expect("valid"), class: "dot".into(), title: "display".into() };
-        let out = svg(&[layer], &[marker], 320, 200, "a \"map\"").into_string();
-        assert_eq!(out.matches("<polygon").count(), cells.len());
+        let around = Outline::new("around".into(), vec![(40.0, -75.4), (40.0, -75.2), (40.2, -75.2), (40.2, -75.4)]);
+        let far = Outline::new("far".into(), vec![(10.0, 10.0), (10.0, 11.0), (11.0, 11.0)]);
+        let out = svg(&[layer], &[marker], &[around, far], 320, 200, "a \"map\"").into_string();
+        assert_eq!(out.matches("class=\"outline\"").count(), 1, "only the outline in view: {out}");
+        assert!(out.contains("<title>around</title>") && !out.contains("<title>far</title>"));
+        assert_eq!(out.matches("<polygon").count(), cells.len() + 1);
         assert_eq!(out.matches("<circle").count(), 1);
         assert!(!out.contains("<script>"), "{out}");
         assert!(out.contains("&lt;script&gt;") && out.contains("a &quot;map&quot;"), "{out}");
@@ -157,7 +215,7 @@ mod tests {
         #[test]
         fn projected_vertices_stay_inside_the_box(lat in -70.0f64..70.0, lng in -170.0f64..170.0, k in 0u32..4) {
             let cells: Vec<CellIndex> = cell(lat, lng, Resolution::Eight).grid_disk::<Vec<_>>(k);
-            let out = svg(&[Layer { cells, class: "a".into(), title: String::new() }], &[], 300, 200, "m").into_string();
+            let out = svg(&[Layer { cells, class: "a".into(), title: String::new() }], &[], &[], 300, 200, "m").into_string();
             for pts in out.split("points=\"").skip(1) {
                 let pts = pts.split('"').next().unwrap_or_default();
                 for xy in pts.split(' ') {

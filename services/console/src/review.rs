@@ -14,7 +14,7 @@ use maud::{Markup, html};
 
 use crate::audit::ReviewAudit;
 use crate::live::public_cells;
-use crate::map::{Layer, Marker, svg};
+use crate::map::{Layer, Marker, Outline, svg};
 use crate::page::{category_class, duration, severity, utc};
 
 /// The pending holds, oldest first.
@@ -34,7 +34,7 @@ pub fn version(pending: &[(String, Pending)], audit: &ReviewAudit) -> String {
     format!("{:x}-{}", h.finish(), audit.version())
 }
 
-fn hold(id: &str, p: &Pending, csrf: &str, now: Timestamp) -> Markup {
+fn hold(id: &str, p: &Pending, csrf: &str, now: Timestamp, outlines: &[Outline]) -> Markup {
     let a = &p.held.alert;
     let cells = public_cells(a);
     let display = centroid(a.coarse_cell);
@@ -61,6 +61,7 @@ fn hold(id: &str, p: &Pending, csrf: &str, now: Timestamp) -> Markup {
             (svg(
                 &[Layer { cells: cells.clone(), class: "area".into(), title: format!("{} cells notified", cells.len()) }],
                 marker.as_slice(),
+                outlines,
                 320,
                 200,
                 "area the alert would reach",
@@ -84,12 +85,18 @@ fn hold(id: &str, p: &Pending, csrf: &str, now: Timestamp) -> Markup {
 }
 
 /// The live part of the review page (refreshed by polling).
-pub fn fragment(pending: &[(String, Pending)], audit: &ReviewAudit, csrf: &str, now: Timestamp) -> Markup {
+pub fn fragment(
+    pending: &[(String, Pending)],
+    audit: &ReviewAudit,
+    csrf: &str,
+    now: Timestamp,
+    outlines: &[Outline],
+) -> Markup {
     let decisions = audit.list();
     html! {
         p.muted { (pending.len()) " held, oldest first" }
         div.queue {
-            @for (id, p) in pending { (hold(id, p, csrf, now)) }
+            @for (id, p) in pending { (hold(id, p, csrf, now, outlines)) }
         }
         @if pending.is_empty() { div.card { "Nothing is waiting for review." } }
         h2 { "Recent decisions" }
@@ -147,7 +154,7 @@ mod tests {
         map.lock().expect("lock").insert("a".into(), pending("a", 5_000, "<img src=x onerror=alert(1)>"));
         let list = pending_oldest_first(&map);
         assert_eq!(list.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), vec!["b", "a"]);
-        let html = fragment(&list, &ReviewAudit::default(), "tok123", Timestamp(65_000)).into_string();
+        let html = fragment(&list, &ReviewAudit::default(), "tok123", Timestamp(65_000), &[]).into_string();
         assert!(!html.contains("<img"), "{html}");
         assert_eq!(html.matches("<form").count(), 4);
         assert_eq!(html.matches("name=\"csrf\" value=\"tok123\"").count(), 4);

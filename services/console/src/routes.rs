@@ -216,7 +216,7 @@ async fn review_page(State(c): State<Shared>, headers: HeaderMap, uri: Uri) -> R
         h1 { "Review queue" }
         @if let Some(f) = flash(&uri) { p.flash { (f) } }
         section #queue data-poll="/review/fragment" data-every=(c.cfg.poll_interval_ms) data-version=(version) {
-            (crate::review::fragment(&pending, &c.audit, &s.csrf, c.now()))
+            (crate::review::fragment(&pending, &c.audit, &s.csrf, c.now(), &c.outlines))
         }
     };
     respond(StatusCode::OK, frame("Review queue", Nav::Review, Some((&name, &s.csrf)), body))
@@ -229,7 +229,7 @@ async fn review_fragment(State(c): State<Shared>, headers: HeaderMap) -> Respons
     };
     let pending = crate::review::pending_oldest_first(c.review.pending());
     let version = crate::review::version(&pending, &c.audit);
-    let mut r = respond(StatusCode::OK, crate::review::fragment(&pending, &c.audit, &s.csrf, c.now()));
+    let mut r = respond(StatusCode::OK, crate::review::fragment(&pending, &c.audit, &s.csrf, c.now(), &c.outlines));
     if let Ok(v) = HeaderValue::from_str(&version) {
         r.headers_mut().insert("x-console-version", v);
     }
@@ -292,7 +292,7 @@ async fn map_page(State(c): State<Shared>, headers: HeaderMap, uri: Uri) -> Resp
             button type="submit" { "Show" }
         }
         section #live data-poll=(format!("/map/fragment?hours={hours}")) data-every=(c.cfg.poll_interval_ms) data-version=(c.live.version()) {
-            (crate::live::fragment(&c.live, c.now(), hours))
+            (crate::live::fragment(&c.live, c.now(), hours, &c.outlines))
         }
     };
     respond(StatusCode::OK, frame("Live map", Nav::Map, Some((&name, &s.csrf)), body))
@@ -302,14 +302,14 @@ async fn map_fragment(State(c): State<Shared>, headers: HeaderMap, uri: Uri) -> 
     if let Err(r) = require(&c, &headers, Role::Operator) {
         return r.into_response();
     }
-    let mut r = respond(StatusCode::OK, crate::live::fragment(&c.live, c.now(), hours(&uri)));
+    let mut r = respond(StatusCode::OK, crate::live::fragment(&c.live, c.now(), hours(&uri), &c.outlines));
     r.headers_mut().insert("x-console-version", HeaderValue::from(c.live.version()));
     r
 }
 
 async fn transparency_page(State(c): State<Shared>, headers: HeaderMap) -> Response {
     let session = c.session(cookie_header(&headers));
-    let body = crate::transparency::body(&c.transparency);
+    let body = crate::transparency::body(&c.transparency, &c.outlines);
     let mut r = respond(
         StatusCode::OK,
         frame("Transparency", Nav::Transparency, session.as_ref().and_then(|(_, s)| user_of(s)), body),

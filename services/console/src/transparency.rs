@@ -11,7 +11,7 @@ use hexcast_proto::v1 as pb;
 use maud::{Markup, html};
 use prost::Message as _;
 
-use crate::map::{Layer, svg};
+use crate::map::{Layer, Outline, svg};
 use crate::page::utc;
 
 /// Most requests the page keeps (the newest); older ones stay in the topic.
@@ -133,7 +133,7 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// The page body.
-pub fn body(log: &TransparencyLog) -> Markup {
+pub fn body(log: &TransparencyLog, outlines: &[Outline]) -> Markup {
     let requests = log.list();
     let summary = summary(&requests);
     html! {
@@ -171,7 +171,7 @@ pub fn body(log: &TransparencyLog) -> Markup {
                             td { (r.agency) }
                             td.case { (r.case_number) }
                             td {
-                                (svg(&[Layer { cells: r.cells.clone(), class: "request".into(), title: format!("case {}", r.case_number) }], &[], 160, 110, &format!("area of case {}", r.case_number)))
+                                (svg(&[Layer { cells: r.cells.clone(), class: "request".into(), title: format!("case {}", r.case_number) }], &[], outlines, 160, 110, &format!("area of case {}", r.case_number)))
                                 span.muted { (r.cells.len()) " cells, " (format!("{:.1} km²", r.area_km2())) }
                             }
                             td { (utc(r.window.0)) " – " (utc(r.window.1)) }

@@ -305,6 +305,7 @@ pub fn prepare(
             "--target: console needs review in the same process (it serves the review queue's pending holds)"
         );
         cfg.console.validate()?;
+        console_outlines(&cfg.console)?;
         Some(match &cfg.console.operator_tokens_file {
             Some(path) => Tokens::load(path).context("config key `console.operator_tokens_file`")?,
             None => Tokens::default(),
@@ -438,8 +439,11 @@ pub async fn start_prepared_with_console(
                         .with_context(|| format!("binding console.listen {}", cfg.console.listen))?,
                 };
                 let service = review.service.clone();
-                running.console =
-                    Some(hexcast_console::start(rt, &cfg.console, service, reviewers, operators, listener, s).await?);
+                let outlines = console_outlines(&cfg.console)?;
+                running.console = Some(
+                    hexcast_console::start(rt, &cfg.console, service, reviewers, operators, outlines, listener, s)
+                        .await?,
+                );
                 continue;
             }
             Target::Push => {
@@ -625,6 +629,26 @@ async fn ticker(writer: Writer, partitions: u32, every: Duration, stop: Cancella
             tracing::warn!(%error, "review ticks not delivered");
         }
     }
+}
+
+/// The console's map outlines: the exterior rings of `console.outline_geojson`'s polygons,
+/// named by their features, read by the binary's GeoJSON reader.
+pub fn console_outlines(cfg: &hexcast_console::ConsoleConfig) -> anyhow::Result<Vec<hexcast_console::map::Outline>> {
+    let Some(path) = &cfg.outline_geojson else { return Ok(Vec::new()) };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("config key `console.outline_geojson`: reading {}", path.display()))?;
+    let shapes = crate::geojson::parse(&text)
+        .with_context(|| format!("config key `console.outline_geojson`: {}", path.display()))?;
+    Ok(shapes
+        .into_iter()
+        .flat_map(|shape| {
+            let name = shape.name.unwrap_or_default();
+            shape.polygons.into_iter().map(move |p| {
+                let ring = p.exterior().coords().map(|c| (c.y, c.x)).collect();
+                hexcast_console::map::Outline::new(name.clone(), ring)
+            })
+        })
+        .collect())
 }
 
 /// Reads a policy file, with region GeoJSON files read by the binary's GeoJSON reader.
