@@ -21,4 +21,5 @@ pub mod subscriptions;
 
 pub use auth::{Role, Tokens};
 pub use requests::{RequestStore, RequestsConfig};
-pub use server::{ApiHandle, PushConfig, Tables, start, start_review};
+pub use review::{ReviewService, VerdictError};
+pub use server::{ApiHandle, PushConfig, Tables, start, start_review, start_review_service};

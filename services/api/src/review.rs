@@ -42,6 +42,55 @@ impl ReviewService {
         Self { pending, writer, clock, sent: Arc::default() }
     }
 
+    /// Records a verdict of `reviewer` on a pending hold: the one path every decision takes
+    /// (the gRPC Approve/Reject and the web console), so each is the same audited record.
+    /// `Ok(false)` when the hold is not pending or a verdict on it is already on its way.
+    pub async fn record_verdict(
+        &self,
+        reviewer: &str,
+        incident_id: &str,
+        approve: bool,
+        reason: &str,
+    ) -> Result<bool, VerdictError> {
+        if incident_id.is_empty() {
+            return Err(VerdictError::MissingIncident);
+        }
+        if reason.trim().is_empty() || reason.len() > MAX_REASON {
+            return Err(VerdictError::Reason { max: MAX_REASON });
+        }
+        let partition = {
+            let pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut sent = self.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            sent.retain(|id| pending.contains_key(id));
+            match pending.get(incident_id) {
+                Some(p) if sent.insert(incident_id.to_owned()) => p.partition,
+                _ => return Ok(false),
+            }
+        };
+        let now_ms = (self.clock)().0;
+        let verdict = pb::ReviewVerdict {
+            incident_id: incident_id.to_owned(),
+            approve,
+            reviewer: reviewer.to_owned(),
+            reason: reason.to_owned(),
+            decided_at_ms: now_ms,
+        };
+        let record =
+            OutRecord::proto(Topic::Review, verdict_key(incident_id), &verdict, VERDICT_SCHEMA).on_partition(partition);
+        if let Err(e) = self.writer.write([record]).await {
+            self.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(incident_id);
+            tracing::warn!(error = %e, "review verdict not recorded");
+            return Err(VerdictError::Unavailable);
+        }
+        tracing::info!(incident = %incident_id, approve, reviewer = %reviewer, "review verdict recorded");
+        Ok(true)
+    }
+
+    /// The pending holds this service decides on.
+    pub fn pending(&self) -> &PendingMap {
+        &self.pending
+    }
+
     async fn decide(
         &self,
         req: Request<pb::ReviewDecisionRequest>,
@@ -49,41 +98,37 @@ impl ReviewService {
     ) -> Result<Response<pb::ReviewDecisionResponse>, Status> {
         let reviewer = tenant_of(&req)?;
         let r = req.into_inner();
-        if r.incident_id.is_empty() {
-            return Err(Status::invalid_argument("incident_id: required"));
-        }
-        if r.reason.trim().is_empty() || r.reason.len() > MAX_REASON {
-            return Err(Status::invalid_argument(format!("reason: required, at most {MAX_REASON} bytes")));
-        }
         if !r.reviewer.is_empty() && *r.reviewer != *reviewer {
             return Err(Status::permission_denied("reviewer: must be empty or the authenticated reviewer"));
         }
-        let partition = {
-            let pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut sent = self.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            sent.retain(|id| pending.contains_key(id));
-            match pending.get(&r.incident_id) {
-                Some(p) if sent.insert(r.incident_id.clone()) => p.partition,
-                _ => return Ok(Response::new(pb::ReviewDecisionResponse { recorded: false })),
-            }
-        };
-        let now_ms = (self.clock)().0;
-        let verdict = pb::ReviewVerdict {
-            incident_id: r.incident_id.clone(),
-            approve,
-            reviewer: reviewer.to_string(),
-            reason: r.reason,
-            decided_at_ms: now_ms,
-        };
-        let record = OutRecord::proto(Topic::Review, verdict_key(&r.incident_id), &verdict, VERDICT_SCHEMA)
-            .on_partition(partition);
-        if let Err(e) = self.writer.write([record]).await {
-            self.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&r.incident_id);
-            tracing::warn!(error = %e, "review verdict not recorded");
-            return Err(Status::unavailable("verdict not recorded, retry"));
+        let recorded = self.record_verdict(&reviewer, &r.incident_id, approve, &r.reason).await?;
+        Ok(Response::new(pb::ReviewDecisionResponse { recorded }))
+    }
+}
+
+/// Why a verdict was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VerdictError {
+    /// No incident named.
+    #[error("incident_id: required")]
+    MissingIncident,
+    /// No reason, or too long a one.
+    #[error("reason: required, at most {max} bytes")]
+    Reason {
+        /// Longest reason accepted.
+        max: usize,
+    },
+    /// The verdict could not be written; nothing was recorded.
+    #[error("verdict not recorded, retry")]
+    Unavailable,
+}
+
+impl From<VerdictError> for Status {
+    fn from(e: VerdictError) -> Self {
+        match e {
+            VerdictError::MissingIncident | VerdictError::Reason { .. } => Status::invalid_argument(e.to_string()),
+            VerdictError::Unavailable => Status::unavailable(e.to_string()),
         }
-        tracing::info!(incident = %r.incident_id, approve, reviewer = %reviewer, "review verdict recorded");
-        Ok(Response::new(pb::ReviewDecisionResponse { recorded: true }))
     }
 }
 

@@ -279,8 +279,20 @@ pub async fn start_review(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ApiHandle> {
+    start_review_service(cfg, ReviewService::new(pending, writer, rt.clock.clone()), tokens, listener, shutdown).await
+}
+
+/// [`start_review`] with the service built by the caller, so that another front end (the
+/// web console) shares it: the same verdict path and the same guard against a second
+/// verdict on one hold.
+pub async fn start_review_service(
+    cfg: &PushConfig,
+    service: ReviewService,
+    tokens: Tokens,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ApiHandle> {
     let tls = cfg.tls()?;
-    let service = ReviewService::new(pending, writer, rt.clock.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
     health.set_serving::<ReviewServer<ReviewService>>().await;

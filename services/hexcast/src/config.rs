@@ -82,6 +82,9 @@ pub struct Config {
     /// Health endpoint.
     #[serde(default)]
     pub health: crate::health::HealthConfig,
+    /// Web console (target console).
+    #[serde(default)]
+    pub console: hexcast_console::ConsoleConfig,
 }
 
 impl Config {
@@ -105,6 +108,7 @@ impl Config {
             review: hexcast_review::ReviewConfig::default(),
             log: LogConfig::default(),
             health: crate::health::HealthConfig::default(),
+            console: hexcast_console::ConsoleConfig::default(),
         }
     }
 }

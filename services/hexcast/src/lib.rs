@@ -12,7 +12,7 @@ pub mod offline_stages;
 pub mod targets;
 
 pub use config::Config;
-pub use targets::{Running, Target, parse_targets, start, start_with_review};
+pub use targets::{Running, Target, parse_targets, start, start_with_console, start_with_review};
 
 use hexcast_runtime::{Runtime, TopicsConfig};
 

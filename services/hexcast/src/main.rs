@@ -23,7 +23,8 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// `all` (ingest,dedup,policy,spatial,push) or a comma-separated list of those and
-        /// `review` (the editorial hold: its queue and the Review service, once per cluster).
+        /// `review` (the editorial hold: its queue and the Review service, once per cluster)
+        /// and `console` (the web console, beside `review`).
         #[arg(long, short, default_value = "all")]
         target: String,
         /// Override one key: `--set kafka.brokers=host:9092` (repeatable; wins over env).

@@ -39,6 +39,9 @@ pub enum Target {
     Spatial,
     /// review -> alerts, audit: the editorial hold's queue and the Review gRPC service
     Review,
+    /// The web console (review queue, live map, transparency log); needs `review` in the
+    /// same process, whose pending holds and verdict path it serves
+    Console,
     /// alerts.indexed -> notifications, and the gRPC service
     Push,
 }
@@ -49,8 +52,8 @@ impl Target {
     pub const ALL: [Target; 5] = [Target::Ingest, Target::Dedup, Target::Policy, Target::Spatial, Target::Push];
 
     /// Every target `--target` accepts.
-    pub const NAMED: [Target; 6] =
-        [Target::Ingest, Target::Dedup, Target::Policy, Target::Spatial, Target::Review, Target::Push];
+    pub const NAMED: [Target; 7] =
+        [Target::Ingest, Target::Dedup, Target::Policy, Target::Spatial, Target::Review, Target::Console, Target::Push];
 }
 
 impl Target {
@@ -61,7 +64,8 @@ impl Target {
             Target::Dedup => &topology::DEDUP,
             Target::Policy => &topology::POLICY,
             Target::Spatial => &topology::SPATIAL,
-            Target::Review => &topology::REVIEW,
+            // The console runs no stage of its own: it serves the review stage's queue.
+            Target::Review | Target::Console => &topology::REVIEW,
             Target::Push => &topology::MATCH,
         }
     }
@@ -75,6 +79,7 @@ impl fmt::Display for Target {
             Target::Policy => "policy",
             Target::Spatial => "spatial",
             Target::Review => "review",
+            Target::Console => "console",
             Target::Push => "push",
         })
     }
@@ -100,7 +105,9 @@ impl FromStr for Target {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
         Target::NAMED.into_iter().find(|t| t.to_string() == s).ok_or_else(|| {
-            anyhow::anyhow!("--target: unknown target `{s}` (expected all or ingest,dedup,policy,spatial,push,review)")
+            anyhow::anyhow!(
+                "--target: unknown target `{s}` (expected all or ingest,dedup,policy,spatial,push,review,console)"
+            )
         })
     }
 }
@@ -136,6 +143,8 @@ pub struct ReviewHandle {
     pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
     /// Pending holds.
     pub pending: PendingMap,
+    /// The Review service (shared with the console: one verdict path).
+    pub service: hexcast_api::ReviewService,
 }
 
 /// The running targets of this process.
@@ -147,6 +156,8 @@ pub struct Running {
     pub push: Option<PushHandle>,
     /// The review service, when running.
     pub review: Option<ReviewHandle>,
+    /// The web console, when running.
+    pub console: Option<hexcast_console::ConsoleHandle>,
     /// Stops every target.
     pub shutdown: CancellationToken,
 }
@@ -208,6 +219,12 @@ impl Running {
                     .boxed(),
             );
         }
+        if let Some(console) = self.console {
+            let server = console.server;
+            waits.push(
+                async move { ("console".to_owned(), server.await.unwrap_or_else(|e| Err(anyhow::anyhow!(e)))) }.boxed(),
+            );
+        }
         let mut result = Ok(());
         while !waits.is_empty() {
             let ((name, r), _, rest) = futures::future::select_all(waits).await;
@@ -245,6 +262,7 @@ pub struct Prepared {
     ingest: Ingest,
     push_tokens: Option<Tokens>,
     review_tokens: Option<Tokens>,
+    operator_tokens: Option<Tokens>,
 }
 
 /// Checks the configuration of `targets` and reads their files; `tokens` and
@@ -277,7 +295,25 @@ pub fn prepare(
         (true, None, Some(path)) => Some(Tokens::load(path).context("config key `review.tokens_file`")?),
         (true, None, None) => anyhow::bail!("config key `review.tokens_file`: required for target review"),
     };
-    Ok(Prepared { policy, ingest, push_tokens, review_tokens })
+    let operator_tokens = if targets.contains(&Target::Console) {
+        anyhow::ensure!(
+            cfg.console.enabled,
+            "config key `console.enabled`: false, but target console was named (remove it or enable the console)"
+        );
+        anyhow::ensure!(
+            targets.contains(&Target::Review),
+            "--target: console needs review in the same process (it serves the review queue's pending holds)"
+        );
+        cfg.console.validate()?;
+        console_outlines(&cfg.console)?;
+        Some(match &cfg.console.operator_tokens_file {
+            Some(path) => Tokens::load(path).context("config key `console.operator_tokens_file`")?,
+            None => Tokens::default(),
+        })
+    } else {
+        None
+    };
+    Ok(Prepared { policy, ingest, push_tokens, review_tokens, operator_tokens })
 }
 
 /// [`start`], with the review target's tokens (overriding `review.tokens_file`) and
@@ -302,6 +338,35 @@ pub async fn start_with_review(
     crate::when_connected(check, started).await
 }
 
+/// [`start_with_review`], with the console's operator tokens (overriding
+/// `console.operator_tokens_file`) and listener given (tests).
+#[allow(clippy::too_many_arguments)]
+pub async fn start_with_console(
+    cfg: &Config,
+    rt: &Runtime,
+    targets: &[Target],
+    tokens: Option<Tokens>,
+    listener: Option<tokio::net::TcpListener>,
+    review_service: Option<(Tokens, tokio::net::TcpListener)>,
+    console: Option<(Tokens, tokio::net::TcpListener)>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let (review_tokens, review_listener) = match review_service {
+        Some((t, l)) => (Some(t), Some(l)),
+        None => (None, None),
+    };
+    let mut prepared = prepare(cfg, targets, tokens, review_tokens)?;
+    let console_listener = console.map(|(operators, l)| {
+        prepared.operator_tokens = Some(operators);
+        l
+    });
+    let check = crate::spawn_kafka_check(cfg);
+    let started =
+        start_prepared_with_console(cfg, rt, targets, prepared, listener, review_listener, console_listener, shutdown)
+            .await;
+    crate::when_connected(check, started).await
+}
+
 /// Starts `targets` from a checked configuration: the pipeline, top to bottom.
 pub async fn start_prepared(
     cfg: &Config,
@@ -309,12 +374,28 @@ pub async fn start_prepared(
     targets: &[Target],
     prepared: Prepared,
     listener: Option<tokio::net::TcpListener>,
-    mut review_listener: Option<tokio::net::TcpListener>,
+    review_listener: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
-    let Prepared { policy, ingest, push_tokens, review_tokens } = prepared;
+    start_prepared_with_console(cfg, rt, targets, prepared, listener, review_listener, None, shutdown).await
+}
+
+/// [`start_prepared`], with the console's listener given (tests).
+#[allow(clippy::too_many_arguments)]
+pub async fn start_prepared_with_console(
+    cfg: &Config,
+    rt: &Runtime,
+    targets: &[Target],
+    prepared: Prepared,
+    listener: Option<tokio::net::TcpListener>,
+    mut review_listener: Option<tokio::net::TcpListener>,
+    mut console_listener: Option<tokio::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let Prepared { policy, ingest, push_tokens, review_tokens, operator_tokens } = prepared;
     let shards = cfg.topics.shards.get();
-    let mut running = Running { stages: Vec::new(), push: None, review: None, shutdown: shutdown.clone() };
+    let mut running =
+        Running { stages: Vec::new(), push: None, review: None, console: None, shutdown: shutdown.clone() };
     for &target in targets {
         let s = shutdown.child_token();
         let spec = target.stage();
@@ -344,6 +425,25 @@ pub async fn start_prepared(
                         .with_context(|| format!("binding review.listen {}", cfg.review.listen))?,
                 };
                 running.review = Some(start_review(cfg, rt, tokens, listener, s).await?);
+                continue;
+            }
+            Target::Console => {
+                // Review sorts before console, so its service is running by now.
+                let review = running.review.as_ref().context("target console needs target review")?;
+                let reviewers = review_tokens.clone().context("review tokens")?;
+                let operators = operator_tokens.clone().unwrap_or_default();
+                let listener = match console_listener.take() {
+                    Some(l) => l,
+                    None => tokio::net::TcpListener::bind(cfg.console.listen)
+                        .await
+                        .with_context(|| format!("binding console.listen {}", cfg.console.listen))?,
+                };
+                let service = review.service.clone();
+                let outlines = console_outlines(&cfg.console)?;
+                running.console = Some(
+                    hexcast_console::start(rt, &cfg.console, service, reviewers, operators, outlines, listener, s)
+                        .await?,
+                );
                 continue;
             }
             Target::Push => {
@@ -498,23 +598,15 @@ async fn start_review(
     let queue = spawn_stage(rt, &topology::REVIEW, factory, shutdown.clone())?;
     // One producer for the target: reviewers' verdicts and the ticks.
     let writer = Writer::new(rt, "review")?;
-    let api = hexcast_api::start_review(
-        rt,
-        &cfg.push,
-        Arc::clone(&pending),
-        writer.clone(),
-        tokens,
-        listener,
-        shutdown.clone(),
-    )
-    .await?;
+    let service = hexcast_api::ReviewService::new(Arc::clone(&pending), writer.clone(), rt.clock.clone());
+    let api = hexcast_api::start_review_service(&cfg.push, service.clone(), tokens, listener, shutdown.clone()).await?;
     let every = Duration::from_millis(cfg.review.tick_interval_ms);
     let ticker = ticker(writer, cfg.topics.partitions.get(), every, shutdown);
     let server = tokio::spawn(async move {
         let (served, ()) = tokio::join!(api.server, ticker);
         served.context("review gRPC server")?
     });
-    Ok(ReviewHandle { addr: api.addr, queue, server, pending })
+    Ok(ReviewHandle { addr: api.addr, queue, server, pending, service })
 }
 
 /// Writes a tick to every partition of `review` every `every`: the queue stage applies the
@@ -539,6 +631,26 @@ async fn ticker(writer: Writer, partitions: u32, every: Duration, stop: Cancella
     }
 }
 
+/// The console's map outlines: the exterior rings of `console.outline_geojson`'s polygons,
+/// named by their features, read by the binary's GeoJSON reader.
+pub fn console_outlines(cfg: &hexcast_console::ConsoleConfig) -> anyhow::Result<Vec<hexcast_console::map::Outline>> {
+    let Some(path) = &cfg.outline_geojson else { return Ok(Vec::new()) };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("config key `console.outline_geojson`: reading {}", path.display()))?;
+    let shapes = crate::geojson::parse(&text)
+        .with_context(|| format!("config key `console.outline_geojson`: {}", path.display()))?;
+    Ok(shapes
+        .into_iter()
+        .flat_map(|shape| {
+            let name = shape.name.unwrap_or_default();
+            shape.polygons.into_iter().map(move |p| {
+                let ring = p.exterior().coords().map(|c| (c.y, c.x)).collect();
+                hexcast_console::map::Outline::new(name.clone(), ring)
+            })
+        })
+        .collect())
+}
+
 /// Reads a policy file, with region GeoJSON files read by the binary's GeoJSON reader.
 pub fn load_policy(path: &std::path::Path) -> anyhow::Result<PolicyConfig> {
     let polygons = |p: &std::path::Path| -> Result<Vec<geo::Polygon<f64>>, String> {
@@ -559,6 +671,19 @@ mod tests {
         assert_eq!(parse_targets("push, ingest").expect("list"), vec![Target::Ingest, Target::Push]);
         let e = parse_targets("ingest,matcher").expect_err("unknown").to_string();
         assert!(e.contains("matcher"), "{e}");
+    }
+
+    #[test]
+    fn console_needs_review_in_the_process_and_the_switch_on() {
+        let mut cfg = Config::for_brokers("127.0.0.1:1");
+        let reviewers = || Some(Tokens::new([("ana".to_owned(), "ana-reviewer-token-0123".to_owned())]));
+        let alone = prepare(&cfg, &[Target::Console], None, None).expect_err("console alone").to_string();
+        assert!(alone.contains("console needs review"), "{alone}");
+        assert!(prepare(&cfg, &[Target::Review, Target::Console], None, reviewers()).is_ok());
+        cfg.console.enabled = false;
+        let off = prepare(&cfg, &[Target::Review, Target::Console], None, reviewers()).expect_err("off").to_string();
+        assert!(off.contains("console.enabled"), "{off}");
+        assert_eq!(parse_targets("review,console").expect("list"), vec![Target::Review, Target::Console]);
     }
 
     #[test]

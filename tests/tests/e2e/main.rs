@@ -3,6 +3,7 @@
 
 mod auth;
 mod common;
+mod console;
 mod dedup_restart;
 mod health;
 mod hostile;

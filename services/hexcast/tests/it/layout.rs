@@ -1,5 +1,6 @@
 //! The layout's rules, checked on the sources: stage crates never depend on Kafka or gRPC
-//! clients, only the runtime (and the bench tool's perf-tool driver) names rdkafka, and no
+//! clients, only the runtime (and the bench tool's perf-tool driver) names rdkafka, the web
+//! console reads and writes only through the runtime and the API's Review service, and no
 //! two files of one crate import each other in a cycle.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -62,6 +63,27 @@ fn stage_crates_depend_on_neither_kafka_nor_grpc() {
         // hexcast-proto only without its gRPC feature.
         let manifest = std::fs::read_to_string(services().join(stage).join("Cargo.toml")).expect("manifest");
         assert!(!manifest.contains("features = [\"grpc\"]"), "services/{stage} enables gRPC code");
+    }
+}
+
+#[test]
+fn the_console_depends_on_no_kafka_client_and_no_stage_but_the_review_queue() {
+    let deps = dependencies(&services().join("console").join("Cargo.toml"));
+    for banned in [
+        "rdkafka",
+        "tonic",
+        "hexcast-ingest",
+        "hexcast-dedup",
+        "hexcast-policy",
+        "hexcast-spatial",
+        "hexcast-match",
+        "hexcast",
+    ] {
+        assert!(!deps.contains(banned), "services/console depends on {banned}");
+    }
+    // What it may use instead: the runtime's followers, the Review service, the queue's types.
+    for needed in ["hexcast-runtime", "hexcast-api", "hexcast-review"] {
+        assert!(deps.contains(needed), "services/console no longer uses {needed}: update this test");
     }
 }
 
