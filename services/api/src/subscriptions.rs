@@ -19,11 +19,22 @@ use crate::state::ApiState;
 /// Longest accepted subscriber id.
 pub const MAX_SUBSCRIBER_ID_LEN: usize = 128;
 
+/// Metadata that marks a Get forwarded by a peer push instance: answered from the
+/// receiver's own index, never forwarded again.
+pub const FORWARDED: &str = "hexcast-forwarded";
+
 /// The records that store `sub` (one per shard) and the tombstones of the shards it left.
+/// When this instance holds only some shards and does not know the subscriber, the shards
+/// it left are unknown: every other shard gets a tombstone (a tombstone of a key a
+/// partition does not hold costs a few bytes and is compacted away).
 fn records(state: &ApiState, sub: &Subscription) -> Vec<OutRecord> {
     let key = sub.key();
     let stored = pb::Subscription::from(sub);
-    let old_shards: Vec<u32> = state.index.shards(&key).unwrap_or_default();
+    let old_shards: Vec<u32> = match state.index.shards(&key) {
+        Some(s) => s,
+        None if state.holds_every_shard() => Vec::new(),
+        None => (0..state.shards.shards).collect(),
+    };
     let mut out = Vec::with_capacity(sub.shards.len());
     for &shard in &sub.shards {
         out.push(
@@ -116,9 +127,12 @@ impl Subscriptions for SubscriptionsService {
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         let tenant = tenant_of(&req)?;
-        let id = subscriber_id("subscriber_id", &req.into_inner().subscriber_id)?;
+        let id = subscriber_id("subscriber_id", &req.get_ref().subscriber_id)?;
         let key = hexcast_core::model::subscription_key(&tenant, &id);
-        let existing = self.0.index.shards(&key);
+        let existing = match self.0.index.shards(&key) {
+            Some(s) => Some(s),
+            None => self.0.ask_peers(req.metadata(), &id).await?.map(|s| s.shards),
+        };
         let shards: Vec<u32> = match &existing {
             Some(s) => s.clone(),
             // Not (yet) in the index: tombstone every shard so a write still in flight dies too.
@@ -133,10 +147,15 @@ impl Subscriptions for SubscriptionsService {
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::Subscription>, Status> {
         let tenant = tenant_of(&req)?;
-        let id = subscriber_id("subscriber_id", &req.into_inner().subscriber_id)?;
+        let id = subscriber_id("subscriber_id", &req.get_ref().subscriber_id)?;
         let key = hexcast_core::model::subscription_key(&tenant, &id);
-        let sub = self.0.index.get(&key).ok_or_else(|| PushError::NotFound(format!("subscriber `{id}`")))?;
-        Ok(Response::new((&sub).into()))
+        if let Some(sub) = self.0.index.get(&key) {
+            return Ok(Response::new((&sub).into()));
+        }
+        match self.0.ask_peers(req.metadata(), &id).await? {
+            Some(sub) => Ok(Response::new(sub)),
+            None => Err(PushError::NotFound(format!("subscriber `{id}`")).into()),
+        }
     }
 
     async fn bulk_upsert(
@@ -173,6 +192,47 @@ impl Subscriptions for SubscriptionsService {
 }
 
 impl ApiState {
+    /// A subscriber this instance does not hold, from the peer that holds its shards:
+    /// every peer is asked at once with the caller's credentials, the first answer wins.
+    /// `None` when this instance holds every shard, when the call was itself forwarded,
+    /// or when every peer answers NOT_FOUND; UNAVAILABLE when a peer could not answer
+    /// and none had it (it may be the one holding it).
+    pub async fn ask_peers(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        subscriber_id: &str,
+    ) -> Result<Option<pb::Subscription>, PushError> {
+        if self.peers.is_empty() || metadata.contains_key(FORWARDED) || self.holds_every_shard() {
+            return Ok(None);
+        }
+        let auth = metadata.get("authorization").cloned();
+        let asks = self.peers.iter().map(|(url, channel)| {
+            let mut req = Request::new(pb::GetRequest { subscriber_id: subscriber_id.to_owned() });
+            if let Some(a) = &auth {
+                req.metadata_mut().insert("authorization", a.clone());
+            }
+            req.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+            let mut client = hexcast_proto::v1::subscriptions_client::SubscriptionsClient::new(channel.clone());
+            async move { (url, client.get(req).await) }
+        });
+        let mut asks: futures::stream::FuturesUnordered<_> = asks.collect();
+        let mut failed = None;
+        while let Some((url, answer)) = asks.next().await {
+            match answer {
+                Ok(sub) => return Ok(Some(sub.into_inner())),
+                Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) => {
+                    tracing::warn!(peer = %url, code = ?status.code(), message = status.message(), "peer did not answer a forwarded get");
+                    failed = Some(format!("peer {url}: {}", status.message()));
+                }
+            }
+        }
+        match failed {
+            Some(why) => Err(PushError::Unavailable(why)),
+            None => Ok(None),
+        }
+    }
+
     /// Turns an API subscription into the stored form (see [`stored_subscription`]).
     pub fn to_stored(&self, tenant: &str, api: pb::Subscription, now: Timestamp) -> Result<Subscription, PushError> {
         stored_subscription(&self.geo, &self.shards, self.max_cells_per_subscription, tenant, api, now)
