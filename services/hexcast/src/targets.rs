@@ -458,14 +458,31 @@ async fn start_push(
             // another record: load the subscriptions partitions of the alerts.indexed
             // partitions now assigned (and drop the ones revoked) before matching any alert
             // of them, or a subscriber not loaded yet would be missed for good.
+            let started = std::time::Instant::now();
             if !follower.hold(&assigned.partitions(), &stop) {
                 tracing::warn!("subscriber index load interrupted by shutdown");
             }
+            metrics::histogram!("hexcast_push_shard_load_seconds").record(started.elapsed().as_secs_f64());
             Matcher::new(Arc::clone(&index), notification_partitions, max_ids)
                 .with_assets(Arc::clone(&assets), Arc::clone(&rules))
         };
         spawn_stage_with_stats(rt, &topology::MATCH, factory, stats, shutdown.clone())?
     };
+    {
+        // What the instance holds, for operators (the index only has its shards').
+        let (index, shards, stop) = (Arc::clone(&index), Arc::clone(&shards), shutdown.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            while !stop.is_cancelled() {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                metrics::gauge!("hexcast_push_index_subscribers").set(index.len() as f64);
+                metrics::gauge!("hexcast_push_shards_held").set(shards.held().len() as f64);
+            }
+        });
+    }
     let tables = Tables {
         index: Arc::clone(&index),
         assets: Arc::clone(&assets),
