@@ -49,6 +49,8 @@ pub struct ApiState {
     /// The other push instances (`push.peers`): Get and Delete of a subscriber held
     /// elsewhere are forwarded to them.
     pub peers: Vec<(String, tonic::transport::Channel)>,
+    /// Polygon covers by content (identical neighborhoods are covered once).
+    pub covers: crate::subscriptions::CoverCache,
 }
 
 impl std::fmt::Debug for ApiState {
