@@ -62,6 +62,9 @@ pub fn subscriber_id(field: &str, raw: &str) -> Result<String, PushError> {
 /// Polygons most often sent by many subscribers (a city's neighborhoods), kept covered.
 const COVER_CACHE_ENTRIES: usize = 4_096;
 
+/// A polygon's coordinates bit for bit, and the resolution of its cover.
+type CoverKey = (Vec<u64>, u8);
+
 /// Polygon covers by content: thousands of subscribers who choose the same neighborhood
 /// send the same polygon, which is covered once. The key is the polygon's exact
 /// coordinates (bit for bit) and the resolution, so a hit is the cover the polygon would
@@ -69,7 +72,7 @@ const COVER_CACHE_ENTRIES: usize = 4_096;
 /// city fills it with that city's).
 #[derive(Debug, Default)]
 pub struct CoverCache {
-    covers: std::sync::Mutex<std::collections::HashMap<(Vec<u64>, u8), Arc<[h3o::CellIndex]>>>,
+    covers: std::sync::Mutex<std::collections::HashMap<CoverKey, Arc<[h3o::CellIndex]>>>,
     /// Covers answered from the cache.
     pub hits: std::sync::atomic::AtomicU64,
 }
