@@ -248,28 +248,106 @@ impl Subscriptions for SubscriptionsService {
         let mut stream = req.into_inner();
         let mut pending = Vec::new();
         let mut upserted = 0u64;
-        let mut n = 0usize;
-        while let Some(msg) = stream.next().await {
-            let msg = msg?;
-            let api = msg
-                .subscription
-                .ok_or_else(|| PushError::invalid(format!("message[{n}].subscription"), "is required"))?;
-            let sub = self.0.to_stored(&tenant, api, self.0.now()).map_err(|e| match e {
-                PushError::Invalid { field, message } => {
-                    PushError::Invalid { field: format!("message[{n}].{field}"), message }
+        let mut chunk: Vec<pb::UpsertRequest> = Vec::with_capacity(CONVERT_CHUNK);
+        loop {
+            let msg = stream.next().await;
+            let end = msg.is_none();
+            if let Some(msg) = msg {
+                chunk.push(msg?);
+            }
+            if chunk.len() >= CONVERT_CHUNK || (end && !chunk.is_empty()) {
+                // Areas become cells on every core; the records keep the stream's order.
+                let first = upserted as usize;
+                let subs = Arc::clone(&self.0).to_stored_all(&tenant, std::mem::take(&mut chunk), first).await?;
+                for sub in &subs {
+                    pending.extend(records(&self.0, sub));
                 }
-                other => other,
-            })?;
-            pending.extend(records(&self.0, &sub));
-            n += 1;
-            upserted += 1;
-            // Bound what is in flight: settle deliveries in chunks.
-            if pending.len() >= 50_000 {
-                self.0.write(std::mem::take(&mut pending)).await?;
+                upserted += subs.len() as u64;
+                // Bound what is in flight: settle deliveries in chunks.
+                if pending.len() >= 50_000 {
+                    self.0.write(std::mem::take(&mut pending)).await?;
+                }
+            }
+            if end {
+                break;
             }
         }
         self.0.write(pending).await?;
         Ok(Response::new(pb::BulkUpsertResponse { upserted }))
+    }
+}
+
+/// BulkUpsert messages converted together, split over the cores.
+const CONVERT_CHUNK: usize = 2_048;
+
+impl ApiState {
+    /// Converts BulkUpsert messages (the first is message `first` of the stream) on every
+    /// core, in order; the first invalid message's error names it.
+    async fn to_stored_all(
+        self: Arc<Self>,
+        tenant: &str,
+        msgs: Vec<pb::UpsertRequest>,
+        first: usize,
+    ) -> Result<Vec<Subscription>, PushError> {
+        let tenant = tenant.to_owned();
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        tokio::task::spawn_blocking(move || {
+            let now = self.now();
+            let per = msgs.len().div_ceil(threads).max(1);
+            let mut parts: Vec<Vec<pb::UpsertRequest>> = Vec::new();
+            let mut rest = msgs.into_iter();
+            loop {
+                let part: Vec<pb::UpsertRequest> = rest.by_ref().take(per).collect();
+                if part.is_empty() {
+                    break;
+                }
+                parts.push(part);
+            }
+            let converted: Vec<Result<Vec<Subscription>, PushError>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = parts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, part)| {
+                        let (state, tenant) = (&self, &tenant);
+                        scope.spawn(move || {
+                            part.into_iter()
+                                .enumerate()
+                                .map(|(i, msg)| state.bulk_message(tenant, msg, first + k * per + i, now))
+                                .collect::<Result<Vec<_>, _>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(PushError::Unavailable("conversion panicked".into()))))
+                    .collect()
+            });
+            let mut out = Vec::new();
+            for part in converted {
+                out.extend(part?);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| PushError::Unavailable(e.to_string()))?
+    }
+
+    /// One BulkUpsert message in stored form; an error names it as `message[n]`.
+    fn bulk_message(
+        &self,
+        tenant: &str,
+        msg: pb::UpsertRequest,
+        n: usize,
+        now: Timestamp,
+    ) -> Result<Subscription, PushError> {
+        let api =
+            msg.subscription.ok_or_else(|| PushError::invalid(format!("message[{n}].subscription"), "is required"))?;
+        self.to_stored(tenant, api, now).map_err(|e| match e {
+            PushError::Invalid { field, message } => {
+                PushError::Invalid { field: format!("message[{n}].{field}"), message }
+            }
+            other => other,
+        })
     }
 }
 
