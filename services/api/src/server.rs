@@ -248,7 +248,7 @@ pub async fn start(
         streams_stop: CancellationToken::new(),
         held: tables.shards.clone(),
         peers,
-        covers: crate::subscriptions::CoverCache::default(),
+        covers: crate::covers::CoverCache::default(),
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();

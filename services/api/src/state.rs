@@ -50,7 +50,7 @@ pub struct ApiState {
     /// elsewhere are forwarded to them.
     pub peers: Vec<(String, tonic::transport::Channel)>,
     /// Polygon covers by content (identical neighborhoods are covered once).
-    pub covers: crate::subscriptions::CoverCache,
+    pub covers: crate::covers::CoverCache,
 }
 
 impl std::fmt::Debug for ApiState {
