@@ -9,6 +9,7 @@
 
 pub mod assets;
 pub mod auth;
+pub mod covers;
 pub mod cursor;
 pub mod error;
 pub mod grpc_metrics;

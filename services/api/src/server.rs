@@ -20,7 +20,7 @@ use hexcast_proto::v1::requests_server::RequestsServer;
 use hexcast_proto::v1::review_server::ReviewServer;
 use hexcast_proto::v1::subscriptions_server::SubscriptionsServer;
 use hexcast_review::PendingMap;
-use hexcast_runtime::{Runtime, Writer};
+use hexcast_runtime::{Runtime, ShardFollower, Writer};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -87,6 +87,11 @@ pub struct PushConfig {
     /// `[push.assets]`: registered assets and alert enrichment.
     #[serde(default)]
     pub assets: AssetsConfig,
+    /// The gRPC addresses (`http://host:port`) of the other push instances of the
+    /// cluster. Each instance holds only its shards' subscribers; `Subscriptions.Get` and
+    /// `Delete` for a subscriber held elsewhere are forwarded to these.
+    #[serde(default)]
+    pub peers: Vec<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -142,6 +147,29 @@ impl PushConfig {
             }
         }
     }
+
+    /// The peers' endpoints, or an error naming the key.
+    pub fn peer_endpoints(&self) -> anyhow::Result<Vec<tonic::transport::Endpoint>> {
+        self.peers
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                anyhow::ensure!(
+                    url.starts_with("http://"),
+                    "config key `push.peers[{i}]`: `{url}` must be an http:// address (peer TLS is not supported yet)"
+                );
+                Ok(tonic::transport::Endpoint::from_shared(url.clone())
+                    .with_context(|| format!("config key `push.peers[{i}]`: invalid address `{url}`"))?
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(Duration::from_secs(10)))
+            })
+            .collect()
+    }
+
+    /// Channels to the peers, connected on first use (needs a tokio runtime).
+    pub fn peer_channels(&self) -> anyhow::Result<Vec<(String, tonic::transport::Channel)>> {
+        Ok(self.peers.iter().cloned().zip(self.peer_endpoints()?.into_iter().map(|e| e.connect_lazy())).collect())
+    }
 }
 
 impl Default for PushConfig {
@@ -161,6 +189,7 @@ impl Default for PushConfig {
             shutdown_grace_ms: default_shutdown_grace_ms(),
             requests: RequestsConfig::default(),
             assets: AssetsConfig::default(),
+            peers: Vec::new(),
         }
     }
 }
@@ -174,6 +203,8 @@ pub struct Tables {
     pub assets: Arc<AssetIndex>,
     /// Geofenced requests.
     pub requests: Arc<RequestStore>,
+    /// Which subscriptions partitions (shards) the index holds; `None`: all of them.
+    pub shards: Option<Arc<ShardFollower>>,
 }
 
 /// A running gRPC server.
@@ -202,6 +233,7 @@ pub async fn start(
     let tls = cfg.tls()?;
     cfg.requests.validate()?;
     cfg.assets.validate()?;
+    let peers = cfg.peer_channels()?;
     let shard_map = ShardMap { territory_res: geo.territory_resolution, shards };
     let state = Arc::new(ApiState {
         rt: rt.clone(),
@@ -215,6 +247,9 @@ pub async fn start(
         max_batch_id_bytes: cfg.max_response_bytes.get() / 2,
         stream_buffer: cfg.stream_buffer.get(),
         streams_stop: CancellationToken::new(),
+        held: tables.shards.clone(),
+        peers,
+        covers: crate::covers::CoverCache::default(),
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use hexcast_core::cells::{GeoConfig, ShardMap};
 use hexcast_core::{OutRecord, Timestamp};
 use hexcast_match::SubscriberIndex;
-use hexcast_runtime::{PartitionReader, ReadRecord, Runtime, Writer};
+use hexcast_runtime::{PartitionReader, ReadRecord, Runtime, ShardFollower, Writer};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -44,6 +44,13 @@ pub struct ApiState {
     /// Ends open streams with UNAVAILABLE and refuses new ones (shutdown, after health
     /// has gone NOT_SERVING).
     pub streams_stop: CancellationToken,
+    /// Which subscriptions partitions the index holds; `None`: every one.
+    pub held: Option<Arc<ShardFollower>>,
+    /// The other push instances (`push.peers`): Get and Delete of a subscriber held
+    /// elsewhere are forwarded to them.
+    pub peers: Vec<(String, tonic::transport::Channel)>,
+    /// Polygon covers by content (identical neighborhoods are covered once).
+    pub covers: crate::covers::CoverCache,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -56,6 +63,13 @@ impl ApiState {
     /// The runtime's clock.
     pub fn now(&self) -> Timestamp {
         (self.rt.clock)()
+    }
+
+    /// Whether the index holds every shard's subscribers (a single instance, or one
+    /// whose assignment is all partitions): then a subscriber it does not know exists
+    /// nowhere.
+    pub fn holds_every_shard(&self) -> bool {
+        self.held.as_ref().is_none_or(|f| f.status().is_caught_up() && f.held().len() as u32 >= self.shards.shards)
     }
 
     /// Writes `records` through the writer, awaiting delivery.

@@ -13,17 +13,29 @@ use hexcast_proto::v1::subscriptions_server::Subscriptions;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::tenant_of;
+use crate::covers::CoverCache;
 use crate::error::PushError;
 use crate::state::ApiState;
 
 /// Longest accepted subscriber id.
 pub const MAX_SUBSCRIBER_ID_LEN: usize = 128;
 
+/// Metadata that marks a Get forwarded by a peer push instance: answered from the
+/// receiver's own index, never forwarded again.
+pub const FORWARDED: &str = "hexcast-forwarded";
+
 /// The records that store `sub` (one per shard) and the tombstones of the shards it left.
+/// When this instance holds only some shards and does not know the subscriber, the shards
+/// it left are unknown: every other shard gets a tombstone (a tombstone of a key a
+/// partition does not hold costs a few bytes and is compacted away).
 fn records(state: &ApiState, sub: &Subscription) -> Vec<OutRecord> {
     let key = sub.key();
     let stored = pb::Subscription::from(sub);
-    let old_shards: Vec<u32> = state.index.shards(&key).unwrap_or_default();
+    let old_shards: Vec<u32> = match state.index.shards(&key) {
+        Some(s) => s,
+        None if state.holds_every_shard() => Vec::new(),
+        None => (0..state.shards.shards).collect(),
+    };
     let mut out = Vec::with_capacity(sub.shards.len());
     for &shard in &sub.shards {
         out.push(
@@ -59,6 +71,19 @@ pub fn stored_subscription(
     api: pb::Subscription,
     now: Timestamp,
 ) -> Result<Subscription, PushError> {
+    stored_subscription_cached(geo, shard_map, max_cells, tenant, api, now, None)
+}
+
+/// [`stored_subscription`], covering polygons through `cache` when given.
+pub fn stored_subscription_cached(
+    geo: &GeoConfig,
+    shard_map: &ShardMap,
+    max_cells: usize,
+    tenant: &str,
+    api: pb::Subscription,
+    now: Timestamp,
+    cache: Option<&CoverCache>,
+) -> Result<Subscription, PushError> {
     let id = subscriber_id("subscription.subscriber_id", &api.subscriber_id)?;
     if api.areas.is_empty() {
         return Err(PushError::invalid("subscription.areas", "at least one area is required"));
@@ -76,8 +101,11 @@ pub fn stored_subscription(
             }
             Area::CellDisc { cell, radius_m } => Place::Disc { cell, radius_m: radius_m as f32 },
             Area::Polygon(_) | Area::MultiPolygon(_) | Area::Cells(_) => {
-                let cells = hexcast_core::cells::subscriber_cells(&area, geo.polygon_precision, budget)
-                    .map_err(|e| PushError::invalid(field(), e))?;
+                let cells = match cache {
+                    Some(c) => c.cells(&area, geo.polygon_precision, budget),
+                    None => hexcast_core::cells::subscriber_cells(&area, geo.polygon_precision, budget),
+                }
+                .map_err(|e| PushError::invalid(field(), e))?;
                 budget = budget.saturating_sub(cells.len());
                 Place::Cells(cells)
             }
@@ -154,9 +182,12 @@ impl Subscriptions for SubscriptionsService {
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         let tenant = tenant_of(&req)?;
-        let id = subscriber_id("subscriber_id", &req.into_inner().subscriber_id)?;
+        let id = subscriber_id("subscriber_id", &req.get_ref().subscriber_id)?;
         let key = hexcast_core::model::subscription_key(&tenant, &id);
-        let existing = self.0.index.shards(&key);
+        let existing = match self.0.index.shards(&key) {
+            Some(s) => Some(s),
+            None => self.0.ask_peers(req.metadata(), &id).await?.map(|s| s.shards),
+        };
         let shards: Vec<u32> = match &existing {
             Some(s) => s.clone(),
             // Not (yet) in the index: tombstone every shard so a write still in flight dies too.
@@ -171,10 +202,15 @@ impl Subscriptions for SubscriptionsService {
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::Subscription>, Status> {
         let tenant = tenant_of(&req)?;
-        let id = subscriber_id("subscriber_id", &req.into_inner().subscriber_id)?;
+        let id = subscriber_id("subscriber_id", &req.get_ref().subscriber_id)?;
         let key = hexcast_core::model::subscription_key(&tenant, &id);
-        let sub = self.0.index.get(&key).ok_or_else(|| PushError::NotFound(format!("subscriber `{id}`")))?;
-        Ok(Response::new((&sub).into()))
+        if let Some(sub) = self.0.index.get(&key) {
+            return Ok(Response::new((&sub).into()));
+        }
+        match self.0.ask_peers(req.metadata(), &id).await? {
+            Some(sub) => Ok(Response::new(sub)),
+            None => Err(PushError::NotFound(format!("subscriber `{id}`")).into()),
+        }
     }
 
     async fn bulk_upsert(
@@ -185,24 +221,28 @@ impl Subscriptions for SubscriptionsService {
         let mut stream = req.into_inner();
         let mut pending = Vec::new();
         let mut upserted = 0u64;
-        let mut n = 0usize;
-        while let Some(msg) = stream.next().await {
-            let msg = msg?;
-            let api = msg
-                .subscription
-                .ok_or_else(|| PushError::invalid(format!("message[{n}].subscription"), "is required"))?;
-            let sub = self.0.to_stored(&tenant, api, self.0.now()).map_err(|e| match e {
-                PushError::Invalid { field, message } => {
-                    PushError::Invalid { field: format!("message[{n}].{field}"), message }
+        let mut chunk: Vec<pb::UpsertRequest> = Vec::with_capacity(CONVERT_CHUNK);
+        loop {
+            let msg = stream.next().await;
+            let end = msg.is_none();
+            if let Some(msg) = msg {
+                chunk.push(msg?);
+            }
+            if chunk.len() >= CONVERT_CHUNK || (end && !chunk.is_empty()) {
+                // Areas become cells on every core; the records keep the stream's order.
+                let first = upserted as usize;
+                let subs = Arc::clone(&self.0).to_stored_all(&tenant, std::mem::take(&mut chunk), first).await?;
+                for sub in &subs {
+                    pending.extend(records(&self.0, sub));
                 }
-                other => other,
-            })?;
-            pending.extend(records(&self.0, &sub));
-            n += 1;
-            upserted += 1;
-            // Bound what is in flight: settle deliveries in chunks.
-            if pending.len() >= 50_000 {
-                self.0.write(std::mem::take(&mut pending)).await?;
+                upserted += subs.len() as u64;
+                // Bound what is in flight: settle deliveries in chunks.
+                if pending.len() >= 50_000 {
+                    self.0.write(std::mem::take(&mut pending)).await?;
+                }
+            }
+            if end {
+                break;
             }
         }
         self.0.write(pending).await?;
@@ -210,10 +250,133 @@ impl Subscriptions for SubscriptionsService {
     }
 }
 
+/// BulkUpsert messages converted together, split over the cores.
+const CONVERT_CHUNK: usize = 2_048;
+
 impl ApiState {
+    /// Converts BulkUpsert messages (the first is message `first` of the stream) on every
+    /// core, in order; the first invalid message's error names it.
+    async fn to_stored_all(
+        self: Arc<Self>,
+        tenant: &str,
+        msgs: Vec<pb::UpsertRequest>,
+        first: usize,
+    ) -> Result<Vec<Subscription>, PushError> {
+        let tenant = tenant.to_owned();
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        tokio::task::spawn_blocking(move || {
+            let now = self.now();
+            let per = msgs.len().div_ceil(threads).max(1);
+            let mut parts: Vec<Vec<pb::UpsertRequest>> = Vec::new();
+            let mut rest = msgs.into_iter();
+            loop {
+                let part: Vec<pb::UpsertRequest> = rest.by_ref().take(per).collect();
+                if part.is_empty() {
+                    break;
+                }
+                parts.push(part);
+            }
+            let converted: Vec<Result<Vec<Subscription>, PushError>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = parts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, part)| {
+                        let (state, tenant) = (&self, &tenant);
+                        scope.spawn(move || {
+                            part.into_iter()
+                                .enumerate()
+                                .map(|(i, msg)| state.bulk_message(tenant, msg, first + k * per + i, now))
+                                .collect::<Result<Vec<_>, _>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(PushError::Unavailable("conversion panicked".into()))))
+                    .collect()
+            });
+            let mut out = Vec::new();
+            for part in converted {
+                out.extend(part?);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| PushError::Unavailable(e.to_string()))?
+    }
+
+    /// One BulkUpsert message in stored form; an error names it as `message[n]`.
+    fn bulk_message(
+        &self,
+        tenant: &str,
+        msg: pb::UpsertRequest,
+        n: usize,
+        now: Timestamp,
+    ) -> Result<Subscription, PushError> {
+        let api =
+            msg.subscription.ok_or_else(|| PushError::invalid(format!("message[{n}].subscription"), "is required"))?;
+        self.to_stored(tenant, api, now).map_err(|e| match e {
+            PushError::Invalid { field, message } => {
+                PushError::Invalid { field: format!("message[{n}].{field}"), message }
+            }
+            other => other,
+        })
+    }
+}
+
+impl ApiState {
+    /// A subscriber this instance does not hold, from the peer that holds its shards:
+    /// every peer is asked at once with the caller's credentials, the first answer wins.
+    /// `None` when this instance holds every shard, when the call was itself forwarded,
+    /// or when every peer answers NOT_FOUND; UNAVAILABLE when a peer could not answer
+    /// and none had it (it may be the one holding it).
+    pub async fn ask_peers(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        subscriber_id: &str,
+    ) -> Result<Option<pb::Subscription>, PushError> {
+        if self.peers.is_empty() || metadata.contains_key(FORWARDED) || self.holds_every_shard() {
+            return Ok(None);
+        }
+        let auth = metadata.get("authorization").cloned();
+        let asks = self.peers.iter().map(|(url, channel)| {
+            let mut req = Request::new(pb::GetRequest { subscriber_id: subscriber_id.to_owned() });
+            if let Some(a) = &auth {
+                req.metadata_mut().insert("authorization", a.clone());
+            }
+            req.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+            let mut client = hexcast_proto::v1::subscriptions_client::SubscriptionsClient::new(channel.clone());
+            async move { (url, client.get(req).await) }
+        });
+        let mut asks: futures::stream::FuturesUnordered<_> = asks.collect();
+        let mut failed = None;
+        while let Some((url, answer)) = asks.next().await {
+            match answer {
+                Ok(sub) => return Ok(Some(sub.into_inner())),
+                Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) => {
+                    tracing::warn!(peer = %url, code = ?status.code(), message = status.message(), "peer did not answer a forwarded get");
+                    failed = Some(format!("peer {url}: {}", status.message()));
+                }
+            }
+        }
+        match failed {
+            Some(why) => Err(PushError::Unavailable(why)),
+            None => Ok(None),
+        }
+    }
+
     /// Turns an API subscription into the stored form (see [`stored_subscription`]).
     pub fn to_stored(&self, tenant: &str, api: pb::Subscription, now: Timestamp) -> Result<Subscription, PushError> {
-        stored_subscription(&self.geo, &self.shards, self.max_cells_per_subscription, tenant, api, now)
+        stored_subscription_cached(
+            &self.geo,
+            &self.shards,
+            self.max_cells_per_subscription,
+            tenant,
+            api,
+            now,
+            Some(&self.covers),
+        )
     }
 }
 

@@ -9,3 +9,4 @@ pub mod load;
 pub mod population;
 pub mod push;
 pub mod report;
+pub mod shards;

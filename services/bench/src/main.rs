@@ -24,6 +24,9 @@ enum BenchCommand {
     Load(Box<hexcast_bench::load::LoadBenchArgs>),
     /// Compares two `bench load` result files; exits non-zero past the threshold.
     Compare(hexcast_bench::load::CompareArgs),
+    /// How one city's subscribers spread over the shards under each shard scheme; prints
+    /// JSON (counts, no timing).
+    Shards(hexcast_bench::shards::ShardsBenchArgs),
 }
 
 fn init_logs(default: &str) {
@@ -57,6 +60,10 @@ fn main() -> ExitCode {
                 init_logs("warn,librdkafka=error,hexcast_runtime::changelog=error");
                 let regressed = hexcast_bench::load::run(&args).await?;
                 anyhow::ensure!(!regressed, "a figure regressed past the threshold");
+                Ok(())
+            }
+            BenchCommand::Shards(args) => {
+                println!("{}", hexcast_bench::shards::run(&args)?);
                 Ok(())
             }
             BenchCommand::Compare(args) => {

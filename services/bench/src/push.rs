@@ -87,6 +87,9 @@ pub async fn run(args: &PushBenchArgs) -> anyhow::Result<serde_json::Value> {
     let running =
         hexcast::start(&cfg, &rt, &[Target::Spatial, Target::Push], Some(tokens), Some(listener), shutdown.clone())
             .await?;
+    // The index loads the shards of the matcher's assignment: wait for it, so that the
+    // upserts below are written as to an instance that holds every shard.
+    running.wait_assigned(Duration::from_secs(120)).await?;
     let push = running.push.as_ref().context("push target did not start")?;
     let channel = Channel::from_shared(format!("http://{}", push.addr))?.connect().await?;
     let producer = hexcast_runtime::Writer::new(&rt, "bench-push")?;

@@ -14,7 +14,7 @@ use tonic_health::server::HealthReporter;
 
 use std::sync::Arc;
 
-use hexcast_runtime::{FollowerStatus, StageStats};
+use hexcast_runtime::{FollowerStatus, ShardFollower, StageStats};
 
 /// `[health]`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -31,13 +31,22 @@ pub struct HealthConfig {
 pub struct Readiness {
     stages: Vec<(&'static str, Arc<StageStats>)>,
     index: Option<Arc<FollowerStatus>>,
+    /// The push target: the subscriptions partitions held, and the matcher's assignment.
+    shards: Option<(Arc<ShardFollower>, Arc<StageStats>)>,
 }
 
 impl Readiness {
     /// Readiness over these stages' counters and, for a push target, the subscriptions
     /// follower.
     pub fn new(stages: Vec<(&'static str, Arc<StageStats>)>, index: Option<Arc<FollowerStatus>>) -> Self {
-        Self { stages, index }
+        Self { stages, index, shards: None }
+    }
+
+    /// Also requires the index to hold the subscriptions partitions of every alerts.indexed
+    /// partition the matcher is assigned.
+    pub fn with_shards(mut self, follower: Arc<ShardFollower>, matcher: Arc<StageStats>) -> Self {
+        self.shards = Some((follower, matcher));
+        self
     }
 
     /// `Ok` when the process is doing its job; else why not, in words for the log.
@@ -55,6 +64,12 @@ impl Readiness {
         {
             let applied = index.applied.load(std::sync::atomic::Ordering::Relaxed);
             return Err(format!("subscriber index still loading ({applied} records applied)"));
+        }
+        if let Some((follower, matcher)) = &self.shards {
+            let (assigned, held) = (matcher.partitions(), follower.held());
+            if !assigned.is_subset(&held) {
+                return Err(format!("subscriber index holds shards {held:?}, not yet all of {assigned:?}"));
+            }
         }
         Ok(())
     }
@@ -130,6 +145,7 @@ mod tests {
         let r = Readiness {
             stages: vec![("ingest", Arc::clone(&a)), ("push", Arc::clone(&b))],
             index: Some(Arc::clone(&index)),
+            shards: None,
         };
         assert!(r.check().expect_err("nothing assigned").contains("ingest"));
         a.assigned_partitions.store(3, std::sync::atomic::Ordering::SeqCst);

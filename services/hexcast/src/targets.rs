@@ -19,7 +19,10 @@ use hexcast_ingest::Ingest;
 use hexcast_match::{AssetIndex, Matcher, SubscriberIndex};
 use hexcast_policy::{Policy, PolicyConfig};
 use hexcast_review::{PendingMap, ReviewQueue};
-use hexcast_runtime::{FollowerStatus, Partitions, Runtime, StageHandle, Writer, follow, restoring, spawn_stage};
+use hexcast_runtime::{
+    FollowerStatus, PartitionedTable, Partitions, Runtime, ShardFollower, StageHandle, StageStats, Writer, follow,
+    follow_shards, restoring, spawn_stage, spawn_stage_with_stats,
+};
 use hexcast_spatial::Spatial;
 use tokio_util::sync::CancellationToken;
 
@@ -122,6 +125,8 @@ pub struct PushHandle {
     pub index: Arc<SubscriberIndex>,
     /// The subscriptions follower's progress.
     pub loader: Arc<FollowerStatus>,
+    /// The subscriptions follower: which partitions (shards) the index holds.
+    pub shards: Arc<ShardFollower>,
     /// The matcher stage.
     pub matcher: StageHandle,
     /// The gRPC server task.
@@ -172,7 +177,11 @@ impl Running {
         if let Some(r) = &self.review {
             stages.push((topology::REVIEW.name, Arc::clone(&r.queue.stats)));
         }
-        Readiness::new(stages, self.push.as_ref().map(|p| Arc::clone(&p.loader)))
+        let readiness = Readiness::new(stages, self.push.as_ref().map(|p| Arc::clone(&p.loader)));
+        match &self.push {
+            Some(p) => readiness.with_shards(Arc::clone(&p.shards), Arc::clone(&p.matcher.stats)),
+            None => readiness,
+        }
     }
 
     /// The stage handle of a target.
@@ -283,6 +292,7 @@ pub fn prepare(
     cfg.push.tls()?;
     cfg.push.requests.validate()?;
     cfg.push.assets.validate()?;
+    cfg.push.peer_endpoints()?;
     let push_tokens = match (targets.contains(&Target::Push), tokens, &cfg.push.tokens_file) {
         (false, _, _) => None,
         (true, Some(t), _) => Some(t),
@@ -507,17 +517,16 @@ async fn start_push(
     let index = Arc::new(SubscriberIndex::new(shard_map));
     let assets = Arc::new(AssetIndex::default());
     let requests = Arc::new(RequestStore::default());
-    let loader = {
-        let i = Arc::clone(&index);
-        follow(
-            rt,
-            "subscriptions",
-            Topic::Subscriptions,
-            Partitions::All,
-            Arc::new(move |k: &str, v: Option<&[u8]>| i.apply(k, v)),
-            shutdown.clone(),
-        )?
-    };
+    // The table side of the table-stream join: only the subscriptions partitions of the
+    // alerts.indexed partitions the matcher is assigned (see the matcher's factory).
+    let shards = Arc::new(follow_shards(
+        rt,
+        "subscriptions",
+        Topic::Subscriptions,
+        Arc::new(IndexTable(Arc::clone(&index))),
+        shutdown.clone(),
+    )?);
+    let loader = Arc::clone(shards.status());
     {
         let a = Arc::clone(&assets);
         follow(
@@ -542,18 +551,44 @@ async fn start_push(
         let (index, assets) = (Arc::clone(&index), Arc::clone(&assets));
         let max_ids = cfg.push.max_ids_per_batch.get();
         let rules: Arc<[hexcast_match::EnrichRule]> = cfg.push.assets.enrich.clone().into();
-        let (loaded, stop) = (Arc::clone(&loader), shutdown.clone());
+        let stats = Arc::new(StageStats::default());
+        let (follower, assigned, stop) = (Arc::clone(&shards), Arc::clone(&stats), shutdown.clone());
         let factory = move || {
-            // The runner builds the stage before it opens its consumer.
-            while !loaded.is_caught_up() && !stop.is_cancelled() {
-                std::thread::sleep(Duration::from_millis(20));
+            // The runner calls this on start and after every rebalance, before it reads
+            // another record: load the subscriptions partitions of the alerts.indexed
+            // partitions now assigned (and drop the ones revoked) before matching any alert
+            // of them, or a subscriber not loaded yet would be missed for good.
+            let started = std::time::Instant::now();
+            if !follower.hold(&assigned.partitions(), &stop) {
+                tracing::warn!("subscriber index load interrupted by shutdown");
             }
+            metrics::histogram!("hexcast_push_shard_load_seconds").record(started.elapsed().as_secs_f64());
             Matcher::new(Arc::clone(&index), notification_partitions, max_ids)
                 .with_assets(Arc::clone(&assets), Arc::clone(&rules))
         };
-        spawn_stage(rt, &topology::MATCH, factory, shutdown.clone())?
+        spawn_stage_with_stats(rt, &topology::MATCH, factory, stats, shutdown.clone())?
     };
-    let tables = Tables { index: Arc::clone(&index), assets: Arc::clone(&assets), requests: Arc::clone(&requests) };
+    {
+        // What the instance holds, for operators (the index only has its shards').
+        let (index, shards, stop) = (Arc::clone(&index), Arc::clone(&shards), shutdown.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            while !stop.is_cancelled() {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                metrics::gauge!("hexcast_push_index_subscribers").set(index.len() as f64);
+                metrics::gauge!("hexcast_push_shards_held").set(shards.held().len() as f64);
+            }
+        });
+    }
+    let tables = Tables {
+        index: Arc::clone(&index),
+        assets: Arc::clone(&assets),
+        requests: Arc::clone(&requests),
+        shards: Some(Arc::clone(&shards)),
+    };
     let api = hexcast_api::start(
         rt,
         &cfg.push,
@@ -566,7 +601,21 @@ async fn start_push(
         shutdown,
     )
     .await?;
-    Ok(PushHandle { addr: api.addr, index, loader, matcher, server: api.server, assets, requests })
+    Ok(PushHandle { addr: api.addr, index, loader, shards, matcher, server: api.server, assets, requests })
+}
+
+/// The subscriber index as the subscriptions follower's table.
+struct IndexTable(Arc<SubscriberIndex>);
+
+impl PartitionedTable for IndexTable {
+    fn apply(&self, partition: i32, key: &str, value: Option<&[u8]>) -> Result<(), String> {
+        self.0.apply_from(partition, key, value)
+    }
+
+    fn drop_partition(&self, partition: i32) {
+        let removed = self.0.drop_partition(partition);
+        tracing::info!(partition, removed, held = self.0.len(), "subscriptions partition dropped from the index");
+    }
 }
 
 /// The review target: the queue stage restored from its changelog, the ticker that applies

@@ -194,6 +194,9 @@ struct Sub {
     updated_at: Timestamp,
     home: u32,
     shard_set: u32,
+    /// The partitions of the subscriptions topic that hold this subscription now (an
+    /// interned set, as `shard_set`), or [`UNTRACKED`] when it was upserted directly.
+    held: u32,
     filter: u32,
     /// Index into `Inner::deliveries`, or [`NO_DELIVERY`] for the default.
     delivery: u32,
@@ -202,6 +205,9 @@ struct Sub {
 
 /// A subscriber with the default delivery preferences.
 const NO_DELIVERY: u32 = u32::MAX;
+
+/// `Sub::held` of a subscription not read from partitions.
+const UNTRACKED: u32 = u32::MAX;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -462,10 +468,131 @@ impl SubscriberIndex {
         Ok(())
     }
 
+    /// Applies one record read from `partition` of the subscriptions topic (the push
+    /// target loads only the partitions of its shards, [`SubscriberIndex::drop_partition`]
+    /// forgets one). A subscription is kept while any held partition has a value for it;
+    /// of the values held, the newest (`updated_at`) wins, since partitions are read in no
+    /// particular order relative to each other.
+    pub fn apply_from(&self, partition: i32, key: &str, value: Option<&[u8]>) -> Result<(), String> {
+        use prost::Message as _;
+        let p = u32::try_from(partition).map_err(|_| format!("negative partition {partition}"))?;
+        match value {
+            None => {
+                self.release(key, p);
+            }
+            Some(bytes) => {
+                let stored = hexcast_proto::v1::Subscription::decode(bytes).map_err(|e| e.to_string())?;
+                let sub = Subscription::try_from(stored).map_err(|e| e.to_string())?;
+                let newer_held = {
+                    let inner = self.read();
+                    self.find(&inner, key)
+                        .and_then(|id| inner.subs[id as usize].as_ref())
+                        .is_some_and(|s| s.updated_at > sub.updated_at)
+                };
+                if newer_held {
+                    self.add_holder(key, p);
+                } else {
+                    self.upsert_held(sub, Some(p));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets `partition`: every subscription no other held partition holds is removed.
+    /// Returns how many were removed.
+    pub fn drop_partition(&self, partition: i32) -> usize {
+        let Ok(p) = u32::try_from(partition) else { return 0 };
+        let mut guard = self.write();
+        let inner = &mut *guard;
+        let ids: Vec<u32> = inner
+            .subs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().filter(|s| s.held != UNTRACKED).map(|s| (i as u32, s.held)))
+            .filter(|&(_, held)| inner.shard_sets[held as usize].contains(&p))
+            .map(|(i, _)| i)
+            .collect();
+        let mut removed = 0;
+        for id in ids {
+            if self.unhold(inner, id, p) {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Adds `p` to the partitions holding `key`.
+    fn add_holder(&self, key: &str, p: u32) {
+        let mut guard = self.write();
+        let inner = &mut *guard;
+        let Some(id) = self.find(inner, key) else { return };
+        let Some(held) = inner.subs[id as usize].as_ref().map(|s| s.held) else { return };
+        if held == UNTRACKED {
+            return;
+        }
+        let mut set = inner.shard_sets[held as usize].to_vec();
+        if !set.contains(&p) {
+            set.push(p);
+            set.sort_unstable();
+            let h = intern_set(inner, set);
+            if let Some(s) = inner.subs[id as usize].as_mut() {
+                s.held = h;
+            }
+        }
+    }
+
+    /// A tombstone read from `p`: `p` no longer holds `key`.
+    fn release(&self, key: &str, p: u32) -> bool {
+        let mut guard = self.write();
+        let inner = &mut *guard;
+        let Some(id) = self.find(inner, key) else { return false };
+        self.unhold(inner, id, p)
+    }
+
+    /// Takes `p` from the holders of subscriber `id`; removes it when none is left (or
+    /// when it is untracked). Whether it was removed.
+    fn unhold(&self, inner: &mut Inner, id: u32, p: u32) -> bool {
+        let Some(sub) = inner.subs[id as usize].as_ref() else { return false };
+        let held = sub.held;
+        if held != UNTRACKED {
+            let set: Vec<u32> = inner.shard_sets[held as usize].iter().copied().filter(|&x| x != p).collect();
+            if !set.is_empty() {
+                let h = intern_set(inner, set);
+                if let Some(s) = inner.subs[id as usize].as_mut() {
+                    s.held = h;
+                }
+                return false;
+            }
+        }
+        let hash = {
+            let s =
+                inner.subs[id as usize].as_ref().map_or(("", ""), |s| (&*inner.tenants[usize::from(s.tenant)], &*s.id));
+            self.hash_key(s.0, s.1)
+        };
+        self.remove_id(inner, id, hash);
+        true
+    }
+
+    fn remove_id(&self, inner: &mut Inner, id: u32, hash: u64) {
+        remove_entries(inner, id);
+        if let Ok(entry) = inner.by_key.find_entry(hash, |&i| i == id) {
+            entry.remove();
+        }
+        inner.subs[id as usize] = None;
+        inner.free.push(id);
+        inner.live -= 1;
+    }
+
     /// Inserts or replaces a subscription. The home shard is computed from the places; the
     /// stored `shards` (computed by the push service with [`shards_of`]) are trusted when
     /// present and valid for this shard map, and recomputed otherwise.
     pub fn upsert(&self, sub: Subscription) {
+        self.upsert_held(sub, None);
+    }
+
+    /// [`SubscriberIndex::upsert`], noting that partition `from` holds it (None: untracked).
+    fn upsert_held(&self, sub: Subscription, from: Option<u32>) {
         let home = home_shard(&sub.places, &self.shard_map);
         let shards = if !sub.shards.is_empty()
             && sub.shards.contains(&home)
@@ -540,13 +667,19 @@ impl SubscriberIndex {
                 }
             }
         };
-        let shard_set = match inner.shard_set_ids.get(shards.as_slice()) {
-            Some(&s) => s,
-            None => {
-                let s = inner.shard_sets.len() as u32;
-                inner.shard_sets.push(shards.clone().into_boxed_slice());
-                inner.shard_set_ids.insert(shards.into_boxed_slice(), s);
-                s
+        let shard_set = intern_set(inner, shards);
+        let held = match from {
+            None => UNTRACKED,
+            Some(p) => {
+                let mut set = existing
+                    .and_then(|id| inner.subs[id as usize].as_ref())
+                    .filter(|s| s.held != UNTRACKED)
+                    .map_or_else(Vec::new, |s| inner.shard_sets[s.held as usize].to_vec());
+                if !set.contains(&p) {
+                    set.push(p);
+                    set.sort_unstable();
+                }
+                intern_set(inner, set)
             }
         };
         let id = match existing {
@@ -573,6 +706,7 @@ impl SubscriberIndex {
             updated_at: sub.updated_at,
             home,
             shard_set,
+            held,
             filter,
             delivery,
             tenant,
@@ -593,13 +727,7 @@ impl SubscriberIndex {
         let mut guard = self.write();
         let inner = &mut *guard;
         let Some(id) = self.find(inner, key) else { return false };
-        remove_entries(inner, id);
-        if let Ok(entry) = inner.by_key.find_entry(hash, |&i| i == id) {
-            entry.remove();
-        }
-        inner.subs[id as usize] = None;
-        inner.free.push(id);
-        inner.live -= 1;
+        self.remove_id(inner, id, hash);
         true
     }
 
@@ -783,6 +911,17 @@ impl Matching<'_> {
             delivery: self.inner.deliveries.get(sub.delivery as usize).map(Arc::clone),
         });
     }
+}
+
+/// The id of a sorted set of shards or partitions, interned.
+fn intern_set(inner: &mut Inner, set: Vec<u32>) -> u32 {
+    if let Some(&s) = inner.shard_set_ids.get(set.as_slice()) {
+        return s;
+    }
+    let s = inner.shard_sets.len() as u32;
+    inner.shard_sets.push(set.clone().into_boxed_slice());
+    inner.shard_set_ids.insert(set.into_boxed_slice(), s);
+    s
 }
 
 /// The shape with these cells, created when new, with `member` added.

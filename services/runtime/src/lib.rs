@@ -27,12 +27,13 @@ pub use config::{
     Delivery, KafkaConfig, KafkaSecurity, MetricsConfig, RunnerConfig, SaslMechanism, SecurityProtocol,
     SecuritySection, TopicsConfig,
 };
-pub use follower::{FollowerStatus, Partitions, Table, follow};
+pub use follower::{FollowerStatus, PartitionedTable, Partitions, ShardFollower, Table, follow, follow_shards};
 pub use preflight::{ConnectError, check_connection, client_config};
 pub use reader::{PartitionReader, ReadError, ReadRecord, StartAt};
 pub use restore::restoring;
 pub use runner::{
-    Clock, Runtime, StageHandle, group_id, group_instance_id, spawn_stage, system_clock, transactional_id,
+    Clock, Runtime, StageHandle, group_id, group_instance_id, spawn_stage, spawn_stage_with_stats, system_clock,
+    transactional_id,
 };
 #[cfg(feature = "fault-injection")]
 pub use runner::{FaultInjection, spawn_stage_with_faults};

@@ -172,7 +172,25 @@ where
     S::In: FromRecord,
     S::Out: IntoRecord,
 {
-    spawn(rt, spec, factory, shutdown, Faults::default())
+    spawn(rt, spec, factory, shutdown, Faults::default(), Arc::new(StageStats::default()))
+}
+
+/// [`spawn_stage`] with counters the caller made first, so that the factory can read them
+/// (the push target's factory loads the subscriptions partitions of the assignment).
+pub fn spawn_stage_with_stats<S, F>(
+    rt: &Runtime,
+    spec: &'static StageSpec,
+    factory: F,
+    stats: Arc<StageStats>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<StageHandle>
+where
+    F: FnMut() -> S + Send + 'static,
+    S: Stage,
+    S::In: FromRecord,
+    S::Out: IntoRecord,
+{
+    spawn(rt, spec, factory, shutdown, Faults::default(), stats)
 }
 
 /// [`spawn_stage`] with injected faults, for tests.
@@ -191,7 +209,7 @@ where
     S::Out: IntoRecord,
 {
     let faults = Faults { crash_at: faults.crash_before_commit_of_batch, abort_at: faults.abort_batch };
-    spawn(rt, spec, factory, shutdown, faults)
+    spawn(rt, spec, factory, shutdown, faults, Arc::new(StageStats::default()))
 }
 
 fn spawn<S, F>(
@@ -200,6 +218,7 @@ fn spawn<S, F>(
     factory: F,
     shutdown: CancellationToken,
     faults: Faults,
+    stats: Arc<StageStats>,
 ) -> anyhow::Result<StageHandle>
 where
     F: FnMut() -> S + Send + 'static,
@@ -207,7 +226,6 @@ where
     S::In: FromRecord,
     S::Out: IntoRecord,
 {
-    let stats = Arc::new(StageStats::default());
     stats.last_commit_ms.store(unix_ms(), Ordering::Relaxed);
     let rt = rt.clone();
     let thread_stats = Arc::clone(&stats);

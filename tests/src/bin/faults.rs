@@ -591,6 +591,18 @@ async fn main() -> anyhow::Result<()> {
                 format!("kafka.instance_id=push-{i}"),
                 "--set".into(),
                 format!("push.listen=127.0.0.1:{port}"),
+                // Each instance holds only its shards: Get of a subscriber held elsewhere is
+                // forwarded to the others.
+                "--set".into(),
+                format!(
+                    "push.peers=[{}]",
+                    push_ports
+                        .iter()
+                        .filter(|p| *p != port)
+                        .map(|p| format!("\"http://127.0.0.1:{p}\""))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
             ],
             child: None,
             kills: 0,

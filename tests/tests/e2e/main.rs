@@ -19,4 +19,5 @@ mod resume;
 mod review;
 mod runner_crash;
 mod sasl;
+mod scale_out;
 mod streams;

@@ -300,3 +300,109 @@ proptest! {
         prop_assert_eq!(got, scan);
     }
 }
+
+/// One write of the API to the subscriptions topic, as `records` in the api crate lays it
+/// out: a value on every shard of the new set, a tombstone on the shards it left (all
+/// others when the writer did not know the old set); a delete tombstones every shard.
+#[derive(Debug, Clone)]
+enum Write {
+    Upsert { key: usize, shards: Vec<u32>, knew_old: bool },
+    Delete { key: usize },
+}
+
+fn write_strategy() -> impl Strategy<Value = Write> {
+    prop_oneof![
+        4 => (0usize..12, proptest::collection::btree_set(0u32..6, 1..4), any::<bool>())
+            .prop_map(|(key, s, knew_old)| Write::Upsert { key, shards: s.into_iter().collect(), knew_old }),
+        1 => (0usize..12).prop_map(|key| Write::Delete { key }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// The table side of the table-stream join: an index that reads only some partitions
+    /// of the subscriptions topic, in any interleaving across partitions (each in its own
+    /// order), holds exactly the subscriptions whose latest write put a value in one of
+    /// them, with that latest value; dropping a partition leaves what the others hold.
+    #[test]
+    fn partial_loads_hold_exactly_the_subscriptions_of_their_partitions(
+        writes in proptest::collection::vec(write_strategy(), 1..60),
+        held in proptest::collection::btree_set(0u32..6, 1..6),
+        order_seed in any::<u64>(),
+        dropped in 0u32..6,
+    ) {
+        use prost::Message as _;
+        let map = ShardMap { territory_res: Resolution::Three, shards: 6 };
+        let mut logs: Vec<Vec<(String, Option<Vec<u8>>)>> = vec![Vec::new(); 6];
+        // key -> (shards, updated_at) of its latest write, None when deleted.
+        let mut truth: std::collections::HashMap<usize, Option<(Vec<u32>, i64)>> = Default::default();
+        for (t, w) in writes.iter().enumerate() {
+            match w {
+                Write::Upsert { key, shards, knew_old } => {
+                    let mut s = sub(*key, LatLng::new(37.77, -122.42).expect("valid"), 0.0);
+                    s.updated_at = Timestamp(t as i64 + 1);
+                    let bytes = hexcast_proto::v1::Subscription::from(&s).encode_to_vec();
+                    for &p in shards {
+                        logs[p as usize].push((s.key(), Some(bytes.clone())));
+                    }
+                    let old: Vec<u32> = match (knew_old, truth.get(key)) {
+                        (true, Some(Some((old, _)))) => old.clone(),
+                        (true, _) => Vec::new(),
+                        (false, _) => (0..6).collect(),
+                    };
+                    for p in old.into_iter().filter(|p| !shards.contains(p)) {
+                        logs[p as usize].push((s.key(), None));
+                    }
+                    truth.insert(*key, Some((shards.clone(), t as i64 + 1)));
+                }
+                Write::Delete { key } => {
+                    for log in &mut logs {
+                        log.push((format!("t/{key}"), None));
+                    }
+                    truth.insert(*key, None);
+                }
+            }
+        }
+        // Interleave the held partitions' logs at random, each in order.
+        let index = SubscriberIndex::new(map);
+        let mut next = [0usize; 6];
+        let mut rng = order_seed | 1;
+        loop {
+            let open: Vec<u32> = held.iter().copied().filter(|&p| next[p as usize] < logs[p as usize].len()).collect();
+            if open.is_empty() {
+                break;
+            }
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let p = open[(rng % open.len() as u64) as usize];
+            let (key, value) = &logs[p as usize][next[p as usize]];
+            next[p as usize] += 1;
+            index.apply_from(p as i32, key, value.as_deref()).expect("valid record");
+        }
+        let expect = |parts: &BTreeSet<u32>| -> std::collections::BTreeMap<String, i64> {
+            truth
+                .iter()
+                .filter_map(|(k, v)| v.as_ref().map(|(s, at)| (k, s, at)))
+                .filter(|(_, s, _)| s.iter().any(|p| parts.contains(p)))
+                .map(|(k, _, at)| (format!("t/{k}"), *at))
+                .collect()
+        };
+        let held_now = |parts: &BTreeSet<u32>| {
+            let want = expect(parts);
+            prop_assert_eq!(index.len(), want.len());
+            for (key, at) in &want {
+                let got = index.get(key);
+                prop_assert!(got.is_some(), "{} missing", key);
+                prop_assert_eq!(got.map(|s| s.updated_at), Some(Timestamp(*at)), "{} is not its latest value", key);
+            }
+            Ok(())
+        };
+        held_now(&held)?;
+        index.drop_partition(dropped as i32);
+        let mut rest = held.clone();
+        rest.remove(&dropped);
+        held_now(&rest)?;
+    }
+}
