@@ -2,6 +2,7 @@
 //! that the end-to-end tests start exactly what the binary starts.
 
 pub mod config;
+pub mod decode;
 pub mod demo;
 pub mod geojson;
 pub mod health;

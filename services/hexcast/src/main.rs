@@ -48,6 +48,8 @@ enum Command {
     Cover(hexcast::offline::CoverArgs),
     /// Match subscriptions against alerts offline, with the service's index and rules.
     Match(hexcast::offline::MatchArgs),
+    /// Print every record of a topic (read_committed, to its current end) as JSON lines.
+    Decode(hexcast::decode::DecodeArgs),
     /// Benchmarks: forwards its arguments to the `hexcast-bench` binary (built by
     /// `cargo build -p hexcast-bench`; not part of the production image).
     Bench {
@@ -165,6 +167,7 @@ fn main() -> ExitCode {
             Command::Policy(args) => hexcast::offline_stages::policy_cmd(args),
             Command::Bench { args } => bench(&args),
             Command::Match(args) => hexcast::offline::match_cmd(args),
+            Command::Decode(args) => hexcast::decode::run(args),
             Command::Demo(args) => {
                 init_logs(LogFormat::Text, None, "warn");
                 hexcast::demo::run(args).await

@@ -12,6 +12,7 @@ mod lifecycle;
 mod load_bench;
 mod oversized;
 mod pipeline;
+mod recipients;
 mod requests;
 mod resume;
 mod review;
