@@ -25,10 +25,11 @@ use hexcast_core::cells::{GeoConfig, ShardMap};
 use hexcast_core::{LatLng, Stage as _, StageCtx, Timestamp, header};
 use hexcast_dedup::{Dedup, DedupConfig};
 use hexcast_ingest::{Ingest, RawIncident};
-use hexcast_match::SubscriberIndex;
+use hexcast_match::{Matcher, SubscriberIndex};
 use hexcast_policy::{Policy, PolicyConfig, PolicyOut};
 use hexcast_proto::v1 as pb;
 use hexcast_spatial::Spatial;
+use prost::Message as _;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -229,64 +230,116 @@ fn population(rng: &mut Rng, per_tenant: usize) -> Vec<(&'static str, pb::Subscr
     out
 }
 
-/// The raw records: cad-json incidents near the sites, every 50th one malformed.
-fn incidents(rng: &mut Rng, n: usize, now_ms: i64) -> Vec<(String, Vec<u8>)> {
-    (0..n)
-        .map(|i| {
-            if i % 50 == 49 {
-                return (format!("bad-{i}"), format!("{{\"id\": \"{i}\", \"lat\": ").into_bytes());
-            }
-            let p = site(rng.below(SITES)).destination(rng.f64() * 360.0, rng.f64() * 1_500.0);
-            let body = serde_json::json!({
-                "id": i.to_string(), "version": 1, "call_type": CALLS[rng.below(CALLS.len())],
-                "lat": p.lat(), "lng": p.lng(), "occurred_at": now_ms, "address": "1 FAULT ST",
-            });
-            (i.to_string(), body.to_string().into_bytes())
+/// The raw records in three phases, each fed only once the one before is acknowledged (so
+/// an incident's events reach the pipeline in order): cad-json incidents near the sites,
+/// every 50th one malformed; then updates of every 4th incident (moved up to 500 m, so some
+/// reach newcomers); then closes of every 8th and of every 12th from 6.
+fn incidents(rng: &mut Rng, n: usize, now_ms: i64) -> [Vec<(String, Vec<u8>)>; 3] {
+    let mut phases: [Vec<(String, Vec<u8>)>; 3] = Default::default();
+    let body = |i: usize, version: u32, call: &str, p: LatLng, status: &str| {
+        serde_json::json!({
+            "id": i.to_string(), "version": version, "call_type": call, "status": status,
+            "lat": p.lat(), "lng": p.lng(), "occurred_at": now_ms, "address": "1 FAULT ST",
+        })
+        .to_string()
+        .into_bytes()
+    };
+    for i in 0..n {
+        if i % 50 == 49 {
+            phases[0].push((format!("bad-{i}"), format!("{{\"id\": \"{i}\", \"lat\": ").into_bytes()));
+            continue;
+        }
+        let p = site(rng.below(SITES)).destination(rng.f64() * 360.0, rng.f64() * 1_500.0);
+        let call = CALLS[rng.below(CALLS.len())];
+        phases[0].push((i.to_string(), body(i, 1, call, p, "active")));
+        let mut version = 1;
+        if i % 4 == 0 {
+            version += 1;
+            let q = p.destination(rng.f64() * 360.0, rng.f64() * 500.0);
+            phases[1].push((i.to_string(), body(i, version, call, q, "active")));
+        }
+        if i % 8 == 0 || i % 12 == 6 {
+            phases[2].push((i.to_string(), body(i, version + 1, call, p, "closed")));
+        }
+    }
+    phases
+}
+
+/// Subscribers who move between the first phase and the updates: every 20th, to another
+/// site's neighbourhood (some out of their alerts' areas, some into others').
+fn moves(rng: &mut Rng, subs: &[(&'static str, pb::Subscription)]) -> Vec<(&'static str, pb::Subscription)> {
+    subs.iter()
+        .step_by(20)
+        .map(|(tenant, s)| {
+            let at = site(rng.below(SITES)).destination(rng.f64() * 360.0, rng.f64() * 3_000.0);
+            let mut moved = s.clone();
+            moved.areas = vec![pb::Area { shape: Some(pb::area::Shape::Point(at.into())) }];
+            (*tenant, moved)
         })
         .collect()
 }
 
 type Notification = (String, String, String);
 
-/// What the services must deliver: the same stages and index, in process.
+/// What the services must deliver: the same stages, index and matcher (with its recipients
+/// of record), in process, with the moves applied between the first phase and the updates.
 fn expected(
     subs: &[(&'static str, pb::Subscription)],
-    raws: &[(String, Vec<u8>)],
+    moved: &[(&'static str, pb::Subscription)],
+    phases: &[Vec<(String, Vec<u8>)>; 3],
     now: Timestamp,
 ) -> anyhow::Result<BTreeSet<Notification>> {
     let geo = GeoConfig::default();
     let shard_map = ShardMap { territory_res: geo.territory_resolution, shards: SHARDS };
-    let index = SubscriberIndex::new(shard_map);
-    for (tenant, s) in subs {
-        let stored = hexcast_api::subscriptions::stored_subscription(&geo, &shard_map, 20_000, tenant, s.clone(), now)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        index.upsert(stored);
-    }
+    let index = Arc::new(SubscriberIndex::new(shard_map));
+    let store = |subs: &[(&'static str, pb::Subscription)]| -> anyhow::Result<()> {
+        for (tenant, s) in subs {
+            let stored =
+                hexcast_api::subscriptions::stored_subscription(&geo, &shard_map, 20_000, tenant, s.clone(), now)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            index.upsert(stored);
+        }
+        Ok(())
+    };
+    store(subs)?;
     let mut ingest = Ingest::default();
     let mut dedup = Dedup::new(DedupConfig::default());
     let mut policy = Policy::new(PolicyConfig::seed());
     let spatial = Spatial::new(geo, SHARDS);
+    let mut matcher = Matcher::new(Arc::clone(&index), PARTITIONS, 10_000);
     let ctx = StageCtx::at(now);
     let mut out = BTreeSet::new();
-    for (_, payload) in raws {
-        let raw = RawIncident { format: "cad-json".into(), source: Some("faults".into()), payload: payload.clone() };
-        let mut normalized = Vec::new();
-        if ingest.process(raw, &ctx, &mut normalized).is_err() {
-            continue;
+    for (phase, raws) in phases.iter().enumerate() {
+        if phase == 1 {
+            store(moved)?;
         }
-        for inc in normalized.into_iter().filter_map(hexcast_ingest::IngestOut::incident) {
-            let mut events = Vec::new();
-            let _ = dedup.process(inc, &ctx, &mut events);
-            for ev in events {
-                let hexcast_dedup::DedupOut::Event(ev) = ev else { continue };
-                let ev = *ev;
-                let mut outs = Vec::new();
-                let _ = policy.process(ev, &ctx, &mut outs);
-                for o in outs {
-                    let PolicyOut::Alert(alert) = o else { continue };
-                    for rec in spatial.index(alert)? {
-                        for m in index.matches(&rec.alert, rec.shard, &rec.shards)? {
-                            out.insert((rec.alert.alert_id.clone(), m.tenant.to_string(), m.subscriber_id.to_string()));
+        for (_, payload) in raws {
+            let raw =
+                RawIncident { format: "cad-json".into(), source: Some("faults".into()), payload: payload.clone() };
+            let mut normalized = Vec::new();
+            if ingest.process(raw, &ctx, &mut normalized).is_err() {
+                continue;
+            }
+            for inc in normalized.into_iter().filter_map(hexcast_ingest::IngestOut::incident) {
+                let mut events = Vec::new();
+                let _ = dedup.process(inc, &ctx, &mut events);
+                for ev in events {
+                    let hexcast_dedup::DedupOut::Event(ev) = ev else { continue };
+                    let ev = *ev;
+                    let mut outs = Vec::new();
+                    let _ = policy.process(ev, &ctx, &mut outs);
+                    for o in outs {
+                        let PolicyOut::Alert(alert) = o else { continue };
+                        for rec in spatial.index(alert)? {
+                            let mut records = Vec::new();
+                            matcher.process(rec, &ctx, &mut records)?;
+                            for r in records.iter().filter(|r| r.topic == hexcast_core::Topic::Notifications) {
+                                let b = pb::NotificationBatch::decode(r.payload.as_deref().unwrap_or_default())?;
+                                let alert = b.alert.map(|a| a.alert_id).unwrap_or_default();
+                                for id in b.subscriber_ids {
+                                    out.insert((alert.clone(), b.tenant.clone(), id));
+                                }
+                            }
                         }
                     }
                 }
@@ -294,6 +347,63 @@ fn expected(
         }
     }
     Ok(out)
+}
+
+/// Moves `moved` through any live push instance, then waits until every live instance's
+/// index shows them where they moved (an instance killed meanwhile reloads the whole topic
+/// before it matches again).
+async fn move_subscribers(
+    moved: &[(&'static str, pb::Subscription)],
+    addrs: &Mutex<Vec<String>>,
+) -> anyhow::Result<()> {
+    let live = || addrs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let token_of = |tenant: &str| TENANTS.iter().find(|(t, _)| *t == tenant).map_or("", |(_, k)| *k);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut stored = Vec::new();
+    for (attempt, (tenant, s)) in moved.iter().enumerate() {
+        let mut k = attempt;
+        loop {
+            ensure!(Instant::now() < deadline, "could not move {}", s.subscriber_id);
+            let addr = { live()[k % live().len()].clone() };
+            k += 1;
+            let Ok(ch) = connect(&addr).await else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let mut client =
+                pb::subscriptions_client::SubscriptionsClient::with_interceptor(ch, auth(token_of(tenant)));
+            match client.upsert(pb::UpsertRequest { subscription: Some(s.clone()) }).await {
+                Ok(resp) => {
+                    let sub = resp.into_inner().subscription.context("upsert answer without subscription")?;
+                    stored.push((*tenant, sub));
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    for addr in live() {
+        for (tenant, sub) in &stored {
+            loop {
+                if !live().contains(&addr) {
+                    break;
+                }
+                ensure!(Instant::now() < deadline, "{addr} never showed {} moved", sub.subscriber_id);
+                if let Ok(ch) = connect(&addr).await {
+                    let mut client =
+                        pb::subscriptions_client::SubscriptionsClient::with_interceptor(ch, auth(token_of(tenant)));
+                    if let Ok(got) = client.get(pb::GetRequest { subscriber_id: sub.subscriber_id.clone() }).await
+                        && got.into_inner().areas == sub.areas
+                    {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    eprintln!("faults: {} subscribers moved and visible on every live push instance", stored.len());
+    Ok(())
 }
 
 #[derive(Default)]
@@ -505,9 +615,17 @@ async fn main() -> anyhow::Result<()> {
 
     let now = hexcast_runtime::clock::now();
     let n = ((args.duration as f64) * args.rate).round().max(1.0) as usize;
-    let raws = incidents(&mut rng, n, now.0);
-    let expected = expected(&subs, &raws, now)?;
-    eprintln!("faults: {} incidents, {} expected notifications", raws.len(), expected.len());
+    let phases = incidents(&mut rng, n, now.0);
+    let moved = moves(&mut rng, &subs);
+    let expected = expected(&subs, &moved, &phases, now)?;
+    let records = phases.iter().map(Vec::len).sum::<usize>();
+    eprintln!(
+        "faults: {records} records ({} updates, {} closes), {} subscribers move, {} expected notifications",
+        phases[1].len(),
+        phases[2].len(),
+        moved.len(),
+        expected.len()
+    );
 
     // Backends.
     let live_addrs = Arc::new(Mutex::new(vec![addr_of(0), addr_of(1)]));
@@ -544,38 +662,51 @@ async fn main() -> anyhow::Result<()> {
     let resends = Arc::new(AtomicU64::new(0));
     let raw_topic = format!("{prefix}.incidents.raw");
     let feed = {
-        let raws = raws.clone();
+        let phases = phases.clone();
         let rate = args.rate;
         let resends = Arc::clone(&resends);
+        let (addrs, moved) = (Arc::clone(&live_addrs), moved.clone());
         tokio::spawn(async move {
             let t0 = tokio::time::Instant::now();
             let mut pending = Vec::new();
-            for (i, (key, payload)) in raws.into_iter().enumerate() {
-                tokio::time::sleep_until(t0 + Duration::from_secs_f64(i as f64 / rate)).await;
-                let producer = Arc::clone(&producer);
-                let make_producer = make_producer.clone();
-                let resends = Arc::clone(&resends);
-                let t = raw_topic.clone();
-                pending.push(tokio::spawn(async move {
-                    for _attempt in 0..30 {
-                        let (generation, p) = {
-                            let g = producer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                            (g.0, g.1.clone())
-                        };
-                        match publish(&t, &key, &payload, &p).await {
-                            Ok(()) => return anyhow::Ok(()),
-                            Err(e) => {
-                                resends.fetch_add(1, Ordering::Relaxed);
-                                eprintln!("faults: {e}; sending it again on a fresh producer");
-                                let mut g = producer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                                if g.0 == generation {
-                                    *g = (generation + 1, make_producer()?);
+            let mut i = 0usize;
+            for (phase, raws) in phases.into_iter().enumerate() {
+                // The phase before is acknowledged in full: an incident's events stay in order.
+                for p in pending.drain(..) {
+                    let p: tokio::task::JoinHandle<anyhow::Result<()>> = p;
+                    p.await??;
+                }
+                if phase == 1 {
+                    move_subscribers(&moved, &addrs).await?;
+                }
+                for (key, payload) in raws {
+                    i += 1;
+                    tokio::time::sleep_until(t0 + Duration::from_secs_f64(i as f64 / rate)).await;
+                    let producer = Arc::clone(&producer);
+                    let make_producer = make_producer.clone();
+                    let resends = Arc::clone(&resends);
+                    let t = raw_topic.clone();
+                    pending.push(tokio::spawn(async move {
+                        for _attempt in 0..30 {
+                            let (generation, p) = {
+                                let g = producer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                                (g.0, g.1.clone())
+                            };
+                            match publish(&t, &key, &payload, &p).await {
+                                Ok(()) => return anyhow::Ok(()),
+                                Err(e) => {
+                                    resends.fetch_add(1, Ordering::Relaxed);
+                                    eprintln!("faults: {e}; sending it again on a fresh producer");
+                                    let mut g = producer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                                    if g.0 == generation {
+                                        *g = (generation + 1, make_producer()?);
+                                    }
                                 }
                             }
                         }
-                    }
-                    anyhow::bail!("record {key} could not be published")
-                }));
+                        anyhow::bail!("record {key} could not be published")
+                    }));
+                }
             }
             for p in pending {
                 p.await??;
@@ -700,7 +831,10 @@ async fn main() -> anyhow::Result<()> {
         "seed": args.seed,
         "duration_s": args.duration,
         "rate": args.rate,
-        "incidents": raws.len(),
+        "incidents": phases[0].len(),
+        "updates": phases[1].len(),
+        "closes": phases[2].len(),
+        "moved_subscribers": moved.len(),
         "subscribers": subs.len(),
         "expected": expected.len(),
         "delivered": all.len(),
