@@ -45,9 +45,29 @@ impl Spatial {
     /// that notified them, which its new area may no longer touch. A close names no shard
     /// (it reaches exactly those recipients, so its area is never covered).
     pub fn index(&self, alert: Alert) -> Result<Vec<IndexedAlert>, SpatialError> {
-        if alert.kind == EventKind::Close {
-            return Ok(self.to_every_shard(alert, Vec::new()));
+        match alert.kind {
+            EventKind::Close => Ok(self.to_every_shard(alert, Vec::new())),
+            EventKind::Update => {
+                let shards = self.cover_shards(&alert)?;
+                Ok(self.to_every_shard(alert, shards))
+            }
+            _ => self.route_by_cover(alert),
         }
+    }
+
+    /// One record per shard the alert's cover touches, whatever its kind: a geofenced
+    /// request and its cancellation reach the subscribers its area reaches, with no
+    /// recipients of record.
+    pub fn route_by_cover(&self, alert: Alert) -> Result<Vec<IndexedAlert>, SpatialError> {
+        let shards = self.cover_shards(&alert)?;
+        Ok(shards
+            .iter()
+            .map(|&shard| IndexedAlert { alert: alert.clone(), shard, shards: shards.clone(), request: None })
+            .collect())
+    }
+
+    /// The shards the alert's cover touches, ascending.
+    fn cover_shards(&self, alert: &Alert) -> Result<Vec<u32>, SpatialError> {
         // Refuse what the matchers could not cover at their finest bucket level; the cover
         // itself is computed only when the cheap bound does not settle it.
         let nine = h3o::Resolution::Nine;
@@ -61,14 +81,7 @@ impl Spatial {
                 .map(|(c, _)| c)
                 .collect();
         cells.sort_unstable();
-        let shards = self.shards.shards_of(&cells);
-        if alert.kind == EventKind::Update {
-            return Ok(self.to_every_shard(alert, shards));
-        }
-        Ok(shards
-            .iter()
-            .map(|&shard| IndexedAlert { alert: alert.clone(), shard, shards: shards.clone(), request: None })
-            .collect())
+        Ok(self.shards.shards_of(&cells))
     }
 
     fn to_every_shard(&self, alert: Alert, shards: Vec<u32>) -> Vec<IndexedAlert> {

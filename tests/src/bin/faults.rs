@@ -288,7 +288,7 @@ fn expected(
     moved: &[(&'static str, pb::Subscription)],
     phases: &[Vec<(String, Vec<u8>)>; 3],
     now: Timestamp,
-) -> anyhow::Result<BTreeSet<Notification>> {
+) -> anyhow::Result<(BTreeSet<Notification>, serde_json::Value)> {
     let geo = GeoConfig::default();
     let shard_map = ShardMap { territory_res: geo.territory_resolution, shards: SHARDS };
     let index = Arc::new(SubscriberIndex::new(shard_map));
@@ -309,6 +309,11 @@ fn expected(
     let mut matcher = Matcher::new(Arc::clone(&index), PARTITIONS, 10_000);
     let ctx = StageCtx::at(now);
     let mut out = BTreeSet::new();
+    // How much of the expected set the recipients of record decide: notifications per
+    // phase, and those of updates and closes that reach a subscriber who moved.
+    let mut per_phase = [0usize; 3];
+    let mut to_movers = 0usize;
+    let movers: BTreeSet<(&str, &str)> = moved.iter().map(|(t, s)| (*t, s.subscriber_id.as_str())).collect();
     for (phase, raws) in phases.iter().enumerate() {
         if phase == 1 {
             store(moved)?;
@@ -337,6 +342,10 @@ fn expected(
                                 let b = pb::NotificationBatch::decode(r.payload.as_deref().unwrap_or_default())?;
                                 let alert = b.alert.map(|a| a.alert_id).unwrap_or_default();
                                 for id in b.subscriber_ids {
+                                    per_phase[phase] += 1;
+                                    if phase > 0 && movers.contains(&(b.tenant.as_str(), id.as_str())) {
+                                        to_movers += 1;
+                                    }
                                     out.insert((alert.clone(), b.tenant.clone(), id));
                                 }
                             }
@@ -346,7 +355,11 @@ fn expected(
             }
         }
     }
-    Ok(out)
+    let stats = serde_json::json!({
+        "expected_new": per_phase[0], "expected_updates": per_phase[1], "expected_closes": per_phase[2],
+        "expected_to_moved_subscribers": to_movers,
+    });
+    Ok((out, stats))
 }
 
 /// Moves `moved` through any live push instance, then waits until every live instance's
@@ -617,7 +630,7 @@ async fn main() -> anyhow::Result<()> {
     let n = ((args.duration as f64) * args.rate).round().max(1.0) as usize;
     let phases = incidents(&mut rng, n, now.0);
     let moved = moves(&mut rng, &subs);
-    let expected = expected(&subs, &moved, &phases, now)?;
+    let (expected, expected_stats) = expected(&subs, &moved, &phases, now)?;
     let records = phases.iter().map(Vec::len).sum::<usize>();
     eprintln!(
         "faults: {records} records ({} updates, {} closes), {} subscribers move, {} expected notifications",
@@ -835,6 +848,7 @@ async fn main() -> anyhow::Result<()> {
         "updates": phases[1].len(),
         "closes": phases[2].len(),
         "moved_subscribers": moved.len(),
+        "expected_by_kind": expected_stats,
         "subscribers": subs.len(),
         "expected": expected.len(),
         "delivered": all.len(),
