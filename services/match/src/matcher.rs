@@ -219,7 +219,9 @@ impl Stage for Matcher {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::Strategy as _;
 
     use hexcast_core::cells::ShardMap;
     use hexcast_core::{Alert, Area, Category, LatLng, Place, Subscription, SubscriptionFilter};
@@ -361,6 +363,88 @@ mod tests {
         assert!(got.is_empty(), "{got:?}");
         assert!(out.iter().any(|r| r.topic == Topic::Recipients && r.payload.is_none()));
         assert!(m.recipients().is_empty());
+    }
+
+    /// One step of a random life: an event of the incident, or a subscriber moving.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Update { dx_km: f64, dy_km: f64, radius_km: f64 },
+        Move { who: usize, dx_km: f64, dy_km: f64 },
+    }
+
+    fn offset(c: LatLng, dx_km: f64, dy_km: f64) -> LatLng {
+        c.destination(90.0, dx_km * 1000.0).destination(0.0, dy_km * 1000.0)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Against an oracle of sets: every version reaches exactly everyone notified
+        /// before plus whoever its area reaches now (the index's own matches, over every
+        /// shard), the close exactly everyone notified, each once across all shards,
+        /// however subscribers move between territories.
+        #[test]
+        fn every_event_reaches_recipients_of_record_plus_its_area_once(
+            homes in proptest::collection::vec((-80.0f64..80.0, -80.0f64..80.0), 4..20),
+            first_radius_km in 5.0f64..40.0,
+            steps in proptest::collection::vec(
+                proptest::prop_oneof![
+                    (-40.0f64..40.0, -40.0f64..40.0, 5.0f64..40.0)
+                        .prop_map(|(dx_km, dy_km, radius_km)| Step::Update { dx_km, dy_km, radius_km }),
+                    (0usize..20, -80.0f64..80.0, -80.0f64..80.0)
+                        .prop_map(|(who, dx_km, dy_km)| Step::Move { who, dx_km, dy_km }),
+                ],
+                1..8,
+            ),
+        ) {
+            let index = index();
+            let base = LatLng::new(40.0, -100.0).expect("valid");
+            for (i, (dx, dy)) in homes.iter().enumerate() {
+                place_disc(&index, &format!("s{i}"), offset(base, *dx, *dy), 3_000.0);
+            }
+            let mut m = Matcher::new(Arc::clone(&index), 4, 7);
+            let fresh = |alert: &Alert| -> BTreeSet<String> {
+                let cells = hexcast_core::cells::area_cells(&alert.target, h3o::Resolution::Three, 1_000_000)
+                    .expect("cover")
+                    .into_iter()
+                    .map(|(c, _)| c)
+                    .collect::<Vec<_>>();
+                let shards = index.shard_map().shards_of(&cells);
+                shards
+                    .iter()
+                    .flat_map(|&k| index.matches(alert, k, &shards).expect("matches"))
+                    .map(|m| m.subscriber_id.to_string())
+                    .collect()
+            };
+            let first = event(EventKind::New, 1, base, first_radius_km * 1000.0);
+            let (got, _) = run(&mut m, &first, NOW);
+            let mut notified: BTreeSet<String> = got.iter().cloned().collect();
+            proptest::prop_assert_eq!(got.len(), notified.len(), "a duplicate");
+            proptest::prop_assert_eq!(&notified, &fresh(&first));
+            let mut version = 1;
+            for step in steps {
+                match step {
+                    Step::Move { who, dx_km, dy_km } => {
+                        let who = who % homes.len();
+                        place_disc(&index, &format!("s{who}"), offset(base, dx_km, dy_km), 3_000.0);
+                    }
+                    Step::Update { dx_km, dy_km, radius_km } => {
+                        version += 1;
+                        let update = event(EventKind::Update, version, offset(base, dx_km, dy_km), radius_km * 1000.0);
+                        let (got, _) = run(&mut m, &update, NOW);
+                        let set: BTreeSet<String> = got.iter().cloned().collect();
+                        proptest::prop_assert_eq!(got.len(), set.len(), "a duplicate");
+                        let want: BTreeSet<String> = notified.union(&fresh(&update)).cloned().collect();
+                        proptest::prop_assert_eq!(&set, &want);
+                        notified = set;
+                    }
+                }
+            }
+            let (got, _) = run(&mut m, &event(EventKind::Close, version + 1, base, 1_000.0), NOW);
+            proptest::prop_assert_eq!(got.iter().cloned().collect::<BTreeSet<_>>(), notified.clone());
+            proptest::prop_assert_eq!(got.len(), notified.len(), "a duplicate");
+            proptest::prop_assert!(m.recipients().is_empty());
+        }
     }
 
     #[test]
