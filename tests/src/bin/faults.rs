@@ -7,8 +7,11 @@
 //! removes a third push instance (rebalance). Backends, one per tenant, consume the Push
 //! stream, resume from the last cursor after every disconnect (and disconnect on their
 //! own now and then), and must end with exactly the expected (alert, tenant, subscriber)
-//! set, computed in process with the same stages and index the services run. Prints a JSON
-//! summary; exits non-zero on any lost, duplicated or unexpected notification.
+//! set, computed in process with the same stages, index and matcher (recipients of record
+//! included) the services run. The feed has three phases: new incidents; then, once those
+//! are delivered and every 20th subscriber has moved, updates of every 4th incident; then
+//! closes, which reach exactly the recipients of record. Prints a JSON summary; exits
+//! non-zero on any lost, duplicated or unexpected notification.
 
 #![allow(clippy::print_stdout)]
 
@@ -288,7 +291,7 @@ fn expected(
     moved: &[(&'static str, pb::Subscription)],
     phases: &[Vec<(String, Vec<u8>)>; 3],
     now: Timestamp,
-) -> anyhow::Result<(BTreeSet<Notification>, serde_json::Value)> {
+) -> anyhow::Result<(BTreeSet<Notification>, BTreeSet<Notification>, serde_json::Value)> {
     let geo = GeoConfig::default();
     let shard_map = ShardMap { territory_res: geo.territory_resolution, shards: SHARDS };
     let index = Arc::new(SubscriberIndex::new(shard_map));
@@ -314,9 +317,11 @@ fn expected(
     let mut per_phase = [0usize; 3];
     let mut to_movers = 0usize;
     let movers: BTreeSet<(&str, &str)> = moved.iter().map(|(t, s)| (*t, s.subscriber_id.as_str())).collect();
+    let mut first_phase = BTreeSet::new();
     for (phase, raws) in phases.iter().enumerate() {
         if phase == 1 {
             store(moved)?;
+            first_phase = out.clone();
         }
         for (_, payload) in raws {
             let raw =
@@ -359,7 +364,7 @@ fn expected(
         "expected_new": per_phase[0], "expected_updates": per_phase[1], "expected_closes": per_phase[2],
         "expected_to_moved_subscribers": to_movers,
     });
-    Ok((out, stats))
+    Ok((out, first_phase, stats))
 }
 
 /// Moves `moved` through any live push instance, then waits until every live instance's
@@ -630,7 +635,7 @@ async fn main() -> anyhow::Result<()> {
     let n = ((args.duration as f64) * args.rate).round().max(1.0) as usize;
     let phases = incidents(&mut rng, n, now.0);
     let moved = moves(&mut rng, &subs);
-    let (expected, expected_stats) = expected(&subs, &moved, &phases, now)?;
+    let (expected, first_phase, expected_stats) = expected(&subs, &moved, &phases, now)?;
     let records = phases.iter().map(Vec::len).sum::<usize>();
     eprintln!(
         "faults: {records} records ({} updates, {} closes), {} subscribers move, {} expected notifications",
@@ -679,6 +684,7 @@ async fn main() -> anyhow::Result<()> {
         let rate = args.rate;
         let resends = Arc::clone(&resends);
         let (addrs, moved) = (Arc::clone(&live_addrs), moved.clone());
+        let got = Arc::clone(&got);
         tokio::spawn(async move {
             let t0 = tokio::time::Instant::now();
             let mut pending = Vec::new();
@@ -690,6 +696,21 @@ async fn main() -> anyhow::Result<()> {
                     p.await??;
                 }
                 if phase == 1 {
+                    // The first phase matched in full before anyone moves: a move must not
+                    // reach an alert still on its way (the expected set assumes it does not).
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+                    loop {
+                        let have: BTreeSet<Notification> =
+                            got.all.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect();
+                        if first_phase.is_subset(&have) {
+                            break;
+                        }
+                        if tokio::time::Instant::now() > deadline {
+                            eprintln!("faults: the first phase was not delivered in full within 240 s; moving anyway");
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                     move_subscribers(&moved, &addrs).await?;
                 }
                 for (key, payload) in raws {
