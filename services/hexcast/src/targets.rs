@@ -543,14 +543,26 @@ async fn start_push(
         let max_ids = cfg.push.max_ids_per_batch.get();
         let rules: Arc<[hexcast_match::EnrichRule]> = cfg.push.assets.enrich.clone().into();
         let (loaded, stop) = (Arc::clone(&loader), shutdown.clone());
-        let factory = move || {
-            // The runner builds the stage before it opens its consumer.
-            while !loaded.is_caught_up() && !stop.is_cancelled() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Matcher::new(Arc::clone(&index), notification_partitions, max_ids)
-                .with_assets(Arc::clone(&assets), Arc::clone(&rules))
+        let ttl_secs = cfg.push.recipients_ttl_secs;
+        let empty = {
+            let index = Arc::clone(&index);
+            move || Matcher::new(Arc::clone(&index), notification_partitions, max_ids)
         };
+        // Every call (start, abandoned batch, rebalance) rebuilds the recipients of record
+        // from `alerts.recipients` as of the last committed transaction.
+        let factory =
+            restoring(rt, topology::MATCH.name, Topic::Recipients, shutdown.clone(), empty, move |records, _now| {
+                let (recipients, stats) =
+                    hexcast_match::Recipients::restore(max_ids, records.into_iter().map(|(_, k, v)| (k, v)));
+                tracing::info!(entries = stats.entries, malformed = stats.malformed, "recipients of record restored");
+                // The runner builds the stage before it opens its consumer.
+                while !loaded.is_caught_up() && !stop.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Matcher::new(Arc::clone(&index), notification_partitions, max_ids)
+                    .with_assets(Arc::clone(&assets), Arc::clone(&rules))
+                    .with_recipients(recipients, ttl_secs)
+            });
         spawn_stage(rt, &topology::MATCH, factory, shutdown.clone())?
     };
     let tables = Tables { index: Arc::clone(&index), assets: Arc::clone(&assets), requests: Arc::clone(&requests) };
