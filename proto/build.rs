@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "hexcast/v1/alert.proto",
         "hexcast/v1/subscription.proto",
         "hexcast/v1/notification.proto",
+        "hexcast/v1/recipients.proto",
         "hexcast/v1/deadletter.proto",
         "hexcast/v1/services.proto",
     ];

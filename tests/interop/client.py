@@ -4,7 +4,8 @@ It talks to a real hexcast push server with stubs generated from proto/ by grpci
 checks authentication and validation errors, upserts subscriptions (Upsert and the
 BulkUpsert client stream), reads one back, then subscribes, disconnects in the middle of a
 notification record, and resumes from its last cursor. The Rust side publishes incidents
-between the steps and checks what this client received.
+between the steps and checks what this client received, and the labels a backend hands to
+APNs/FCM (expiry, collapse key, idempotency keys, part and piece labels).
 
 Protocol: one JSON object per line on stdout (events), one word per line on stdin (go
 signals from the test). Any failed check raises, which exits non-zero.
@@ -153,13 +154,30 @@ def main():
     received = []  # (alert id, subscriber id), in arrival order, duplicates kept
     batches = []
     texts = {}  # subscriber id -> [language, headline] of the last batch that named it
+    labels = []  # what a backend hands to APNs/FCM, per streamed batch
 
     def take(batch):
         assert batch.tenant, batch
         assert len(batch.subscriber_ids) <= args.max_batch_ids, batch
         assert batch.cursor, batch
+        assert len(batch.idempotency_keys) == len(batch.subscriber_ids), batch
         batches.append(batch.cursor)
         assert batch.language == (batch.alert.language or "en"), batch
+        labels.append(
+            {
+                "alert": batch.alert.alert_id,
+                "expires_at_ms": batch.expires_at_ms,
+                "expired": batch.expired,
+                "collapse_key": batch.collapse_key,
+                "part": batch.part,
+                "parts": batch.parts,
+                "piece": batch.piece,
+                "pieces": batch.pieces,
+                "language": batch.language,
+                "deferred_from_ms": batch.deferred_from_ms,
+                "idempotency_keys": list(batch.idempotency_keys),
+            }
+        )
         for sid in batch.subscriber_ids:
             received.append((batch.alert.alert_id, sid))
             texts[sid] = [batch.language, batch.alert.headline]
@@ -195,7 +213,7 @@ def main():
             break
         take(batch)
     stream.cancel()
-    emit("done", pairs=received, batches=len(batches), texts=texts)
+    emit("done", pairs=received, batches=len(batches), texts=texts, labels=labels)
     channel.close()
 
 

@@ -21,6 +21,9 @@ pub enum PushError {
     /// Kafka could not take the write.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// A position beyond what exists (a cursor past the end of its partition).
+    #[error("{0}")]
+    OutOfRange(String),
 }
 
 impl PushError {
@@ -37,6 +40,7 @@ impl From<PushError> for Status {
             PushError::NotFound(_) => Status::not_found(e.to_string()),
             PushError::AlreadyExists(_) => Status::already_exists(e.to_string()),
             PushError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+            PushError::OutOfRange(_) => Status::out_of_range(e.to_string()),
             PushError::Unavailable(detail) => {
                 tracing::warn!(%detail, "storage unavailable");
                 Status::unavailable("storage unavailable, retry later")

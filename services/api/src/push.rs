@@ -71,6 +71,16 @@ impl Push for PushService {
         };
         let reader = PartitionReader::open(&state.rt, "push-stream", Topic::Notifications, partition, offset)
             .map_err(PushError::from)?;
+        // A cursor this partition never reached (another cluster's, a reset topic's) would
+        // otherwise wait forever for records that are not coming.
+        if let StartAt::Offset(o) = offset {
+            let (_, end) = reader.watermarks(&state.rt, Topic::Notifications, partition).map_err(PushError::from)?;
+            if o > end {
+                return Err(
+                    PushError::OutOfRange(format!("cursor: offset {o} is past the end of the stream ({end})")).into()
+                );
+            }
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(state.stream_buffer.max(1));
         tracing::info!(tenant = %tenant, partition, "backend connected");
         metrics::gauge!("hexcast_push_connected_backends").increment(1.0);
@@ -93,20 +103,28 @@ impl Push for PushService {
                     tracing::warn!(offset = msg.offset, "notification record of another tenant under this key skipped");
                     continue;
                 }
-                let ids = batch.subscriber_ids.get(skip..).unwrap_or_default();
-                let chunks = split_ids(ids, max_ids, state.max_batch_id_bytes);
-                let last = chunks.len().saturating_sub(1);
-                for (i, range) in chunks.into_iter().enumerate() {
+                let all = &batch.subscriber_ids;
+                let ids = all.get(skip..).unwrap_or_default();
+                // Pieces are numbered over the whole record, so a resumed stream (same
+                // max_batch_ids) labels them as the first reading did.
+                let pieces = split_ids(all, max_ids, state.max_batch_id_bytes);
+                let count = pieces.len() as u32;
+                let expired = batch.expires_at_ms != 0 && hexcast_runtime::clock::now().0 >= batch.expires_at_ms;
+                let last = pieces.len().saturating_sub(1);
+                for (i, range) in pieces.into_iter().enumerate() {
+                    if range.end <= skip {
+                        continue;
+                    }
+                    let range = range.start.max(skip)..range.end;
                     let cursor = if i == last {
                         Cursor { partition, offset: msg.offset + 1, skip: 0 }
                     } else {
-                        Cursor { partition, offset: msg.offset, skip: (skip + range.end) as u32 }
+                        Cursor { partition, offset: msg.offset, skip: range.end as u32 }
                     };
-                    let chunk = &ids[range];
                     let out = pb::NotificationBatch {
                         alert: batch.alert.clone(),
                         tenant: batch.tenant.clone(),
-                        subscriber_ids: chunk.to_vec(),
+                        subscriber_ids: all[range.clone()].to_vec(),
                         cursor: cursor.to_string(),
                         part: batch.part,
                         parts: batch.parts,
@@ -114,6 +132,12 @@ impl Push for PushService {
                         nearby_assets: batch.nearby_assets.clone(),
                         language: batch.language.clone(),
                         deferred_from_ms: batch.deferred_from_ms,
+                        expires_at_ms: batch.expires_at_ms,
+                        expired,
+                        collapse_key: batch.collapse_key.clone(),
+                        idempotency_keys: batch.idempotency_keys.get(range).map(<[String]>::to_vec).unwrap_or_default(),
+                        piece: i as u32,
+                        pieces: count,
                     };
                     if tx.send(Ok(out)).await.is_err() {
                         break;

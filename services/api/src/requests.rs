@@ -290,7 +290,7 @@ impl RequestsService {
         alert.headline = "Request for help from a public agency".into();
         alert.rule = "request".into();
         let spatial = hexcast_spatial::Spatial::new(self.state.geo, self.state.shards.shards);
-        let mut routed = spatial.index(alert).map_err(|e| PushError::invalid("area", e))?;
+        let mut routed = spatial.route_by_cover(alert).map_err(|e| PushError::invalid("area", e))?;
         for ia in &mut routed {
             ia.request = Some(r.clone());
         }

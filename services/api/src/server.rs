@@ -92,6 +92,14 @@ pub struct PushConfig {
     /// `Delete` for a subscriber held elsewhere are forwarded to these.
     #[serde(default)]
     pub peers: Vec<String>,
+    /// How long the matcher keeps the recipients of record of an alert that has no expiry
+    /// (alerts with one are kept until it).
+    #[serde(default = "default_recipients_ttl_secs")]
+    pub recipients_ttl_secs: u64,
+}
+
+fn default_recipients_ttl_secs() -> u64 {
+    hexcast_match::DEFAULT_RECIPIENTS_TTL_SECS
 }
 
 fn default_listen() -> SocketAddr {
@@ -187,6 +195,7 @@ impl Default for PushConfig {
             max_request_bytes: default_max_request_bytes(),
             max_response_bytes: default_max_response_bytes(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
+            recipients_ttl_secs: default_recipients_ttl_secs(),
             requests: RequestsConfig::default(),
             assets: AssetsConfig::default(),
             peers: Vec::new(),

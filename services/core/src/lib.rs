@@ -7,6 +7,7 @@ pub mod cell_geometry;
 pub mod cells;
 pub mod exact;
 pub mod geo;
+pub mod keys;
 pub mod model;
 pub mod record;
 pub mod stage;
@@ -18,6 +19,7 @@ pub use geo::{Area, GeoError, LatLng};
 pub use model::{
     Alert, AlertText, DecodeModelError, Delivery, EventKind, HeldAlert, Incident, IncidentEvent, IndexedAlert,
     LocalizedText, NotificationBatch, Place, PolicyDecision, QuietHours, Sensitive, Subscription, SubscriptionFilter,
+    subscription_key, subscription_key_parts,
 };
 pub use record::{
     ChangelogRecord, DecodeError, FromRecord, InRecord, IntoRecord, OutRecord, PartitionedRecord, Topic, header,

@@ -900,6 +900,11 @@ pub fn subscription_key(tenant: &str, subscriber_id: &str) -> String {
     format!("{tenant}/{subscriber_id}")
 }
 
+/// `(tenant, subscriber id)` of a subscription key (tenants hold no `/`).
+pub fn subscription_key_parts(key: &str) -> Option<(&str, &str)> {
+    key.split_once('/')
+}
+
 impl From<&Subscription> for pb::Subscription {
     fn from(s: &Subscription) -> Self {
         pb::Subscription {
@@ -987,6 +992,16 @@ impl From<&NotificationBatch> for pb::NotificationBatch {
             nearby_assets: n.nearby_assets.clone(),
             language: n.language.clone(),
             deferred_from_ms: n.deferred_from.map_or(0, |t| t.0),
+            expires_at_ms: n.alert.expires_at.map_or(0, |t| t.0),
+            expired: false,
+            collapse_key: crate::keys::collapse_key(&n.alert.incident_id),
+            idempotency_keys: n
+                .subscriber_ids
+                .iter()
+                .map(|s| crate::keys::idempotency_key(&n.alert.alert_id, &n.tenant, s))
+                .collect(),
+            piece: 0,
+            pieces: 0,
         }
     }
 }

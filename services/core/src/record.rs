@@ -55,11 +55,14 @@ pub enum Topic {
     Transparency,
     /// Registered assets (compacted), keyed `<owner>/<asset id>`.
     Assets,
+    /// The matcher's recipients of record (compacted), keyed `<incident id>/<shard>/<chunk>`,
+    /// partition = shard.
+    Recipients,
 }
 
 impl Topic {
     /// Every topic, in pipeline order.
-    pub const ALL: [Topic; 15] = [
+    pub const ALL: [Topic; 16] = [
         Topic::Raw,
         Topic::Normalized,
         Topic::DeadLetter,
@@ -75,6 +78,7 @@ impl Topic {
         Topic::RequestResponses,
         Topic::Transparency,
         Topic::Assets,
+        Topic::Recipients,
     ];
 
     /// The topic's base name (before any configured prefix).
@@ -95,6 +99,7 @@ impl Topic {
             Topic::RequestResponses => "requests.responses",
             Topic::Transparency => "transparency",
             Topic::Assets => "assets",
+            Topic::Recipients => "alerts.recipients",
         }
     }
 

@@ -74,13 +74,14 @@ pub const REVIEW: StageSpec = StageSpec {
     source: "services/review/src/queue.rs",
 };
 
-/// Indexed alerts matched against the subscriber index into notification records. Its
-/// name stays `push` (the consumer group of deployed clusters).
+/// Indexed alerts matched against the subscriber index into notification records, with
+/// each incident's recipients of record as its changelog. Its name stays `push` (the
+/// consumer group of deployed clusters).
 pub const MATCH: StageSpec = StageSpec {
     name: "push",
     input: Topic::Indexed,
-    outputs: &[Topic::Notifications],
-    changelog: None,
+    outputs: &[Topic::Notifications, Topic::Recipients],
+    changelog: Some(Topic::Recipients),
     source: "services/match/src/matcher.rs",
 };
 

@@ -3,6 +3,7 @@
 
 pub mod cap_export;
 pub mod config;
+pub mod decode;
 pub mod demo;
 pub mod geojson;
 pub mod health;

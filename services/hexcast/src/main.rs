@@ -51,6 +51,8 @@ enum Command {
     Match(hexcast::offline::MatchArgs),
     /// Write Alert JSON lines (stdin) as OASIS CAP 1.2 messages (coarse area only).
     CapExport(hexcast::cap_export::CapExportArgs),
+    /// Print every record of a topic (read_committed, to its current end) as JSON lines.
+    Decode(hexcast::decode::DecodeArgs),
     /// Benchmarks: forwards its arguments to the `hexcast-bench` binary (built by
     /// `cargo build -p hexcast-bench`; not part of the production image).
     Bench {
@@ -169,6 +171,7 @@ fn main() -> ExitCode {
             Command::Bench { args } => bench(&args),
             Command::Match(args) => hexcast::offline::match_cmd(args),
             Command::CapExport(args) => hexcast::cap_export::cap_export_cmd(args),
+            Command::Decode(args) => hexcast::decode::run(args),
             Command::Demo(args) => {
                 init_logs(LogFormat::Text, None, "warn");
                 hexcast::demo::run(args).await

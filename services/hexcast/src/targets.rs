@@ -553,19 +553,35 @@ async fn start_push(
         let rules: Arc<[hexcast_match::EnrichRule]> = cfg.push.assets.enrich.clone().into();
         let stats = Arc::new(StageStats::default());
         let (follower, assigned, stop) = (Arc::clone(&shards), Arc::clone(&stats), shutdown.clone());
-        let factory = move || {
-            // The runner calls this on start and after every rebalance, before it reads
-            // another record: load the subscriptions partitions of the alerts.indexed
-            // partitions now assigned (and drop the ones revoked) before matching any alert
-            // of them, or a subscriber not loaded yet would be missed for good.
-            let started = std::time::Instant::now();
-            if !follower.hold(&assigned.partitions(), &stop) {
-                tracing::warn!("subscriber index load interrupted by shutdown");
-            }
-            metrics::histogram!("hexcast_push_shard_load_seconds").record(started.elapsed().as_secs_f64());
-            Matcher::new(Arc::clone(&index), notification_partitions, max_ids)
-                .with_assets(Arc::clone(&assets), Arc::clone(&rules))
+        let ttl_secs = cfg.push.recipients_ttl_secs;
+        let empty = {
+            let index = Arc::clone(&index);
+            move || Matcher::new(Arc::clone(&index), notification_partitions, max_ids)
         };
+        // The runner calls this on start and after every rebalance or abandoned batch,
+        // before it reads another record. Each call rebuilds the recipients of record from
+        // `alerts.recipients` as of the last committed transaction, and loads the
+        // subscriptions partitions of the alerts.indexed partitions now assigned (dropping
+        // the ones revoked) before matching any alert of them, or a subscriber not loaded
+        // yet would be missed for good.
+        let factory =
+            restoring(rt, topology::MATCH.name, Topic::Recipients, shutdown.clone(), empty, move |records, _now| {
+                let (recipients, restored) =
+                    hexcast_match::Recipients::restore(max_ids, records.into_iter().map(|(_, k, v)| (k, v)));
+                tracing::info!(
+                    entries = restored.entries,
+                    malformed = restored.malformed,
+                    "recipients of record restored"
+                );
+                let started = std::time::Instant::now();
+                if !follower.hold(&assigned.partitions(), &stop) {
+                    tracing::warn!("subscriber index load interrupted by shutdown");
+                }
+                metrics::histogram!("hexcast_push_shard_load_seconds").record(started.elapsed().as_secs_f64());
+                Matcher::new(Arc::clone(&index), notification_partitions, max_ids)
+                    .with_assets(Arc::clone(&assets), Arc::clone(&rules))
+                    .with_recipients(recipients, ttl_secs)
+            });
         spawn_stage_with_stats(rt, &topology::MATCH, factory, stats, shutdown.clone())?
     };
     {

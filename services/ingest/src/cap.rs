@@ -457,6 +457,18 @@ mod tests {
     }
 
     #[test]
+    fn info_expires_becomes_the_incidents_expiry() {
+        let doc = alert("Alert", "", "<circle>-35,147 1</circle>").replace(
+            "<certainty>Observed</certainty>",
+            "<certainty>Observed</certainty><expires>2020-03-01T11:00:00-05:00</expires>",
+        );
+        let n = run(&doc).expect("valid");
+        assert_eq!(n.incidents[0].expires_at, Some(Timestamp(1_583_078_400_000)));
+        let n = run(&alert("Alert", "", "<circle>-35,147 1</circle>")).expect("valid");
+        assert_eq!(n.incidents[0].expires_at, None);
+    }
+
+    #[test]
     fn circle_radius_is_kilometres_and_radius_zero_is_a_point() {
         let n = run(&alert("Alert", "", "<circle>-35.3888,147.0598 25.0</circle><circle>-35,147 0</circle>"))
             .expect("valid");

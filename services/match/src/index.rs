@@ -445,6 +445,14 @@ impl SubscriberIndex {
         })
     }
 
+    /// The delivery preferences of `tenant/subscriber_id`, when it is indexed and set any.
+    pub fn delivery(&self, key: &str) -> Option<Arc<Delivery>> {
+        let inner = self.read();
+        let id = self.find(&inner, key)?;
+        let sub = inner.subs[id as usize].as_ref()?;
+        inner.deliveries.get(sub.delivery as usize).map(Arc::clone)
+    }
+
     /// The shards `tenant/subscriber_id` is stored in.
     pub fn shards(&self, key: &str) -> Option<Vec<u32>> {
         let inner = self.read();
@@ -746,6 +754,29 @@ impl SubscriberIndex {
 
     /// The subscribers `shard` must notify for `alert` (routed to `alert_shards`).
     pub fn matches(&self, alert: &Alert, shard: u32, alert_shards: &[u32]) -> Result<Vec<Match>, CoverError> {
+        Ok(self.matching(alert, Some(shard), alert_shards)?.into_iter().map(|(m, _)| m).collect())
+    }
+
+    /// Every subscriber `alert` (routed to `alert_shards`) reaches, whichever shard owns
+    /// it, with the owning shard: what [`SubscriberIndex::matches`] returns across all of
+    /// `alert_shards`, in one pass. The matcher uses it to hand a recipient of record over
+    /// to the shard that now owns it.
+    pub fn matches_all(&self, alert: &Alert, alert_shards: &[u32]) -> Result<Vec<(Match, u32)>, CoverError> {
+        self.matching(alert, None, alert_shards)
+    }
+
+    /// Whether `tenant/subscriber_id` is indexed (not deleted).
+    pub fn contains(&self, key: &str) -> bool {
+        let inner = self.read();
+        self.find(&inner, key).is_some()
+    }
+
+    fn matching(
+        &self,
+        alert: &Alert,
+        shard: Option<u32>,
+        alert_shards: &[u32],
+    ) -> Result<Vec<(Match, u32)>, CoverError> {
         let covers = self.covers(alert);
         let inner = self.read();
         let prepared = PreparedArea::new(&alert.target);
@@ -850,17 +881,18 @@ impl SubscriberIndex {
 struct Matching<'a> {
     inner: &'a Inner,
     alert: &'a Alert,
-    shard: u32,
     alert_shards: &'a [u32],
     covers: &'a Covers,
     prepared: &'a PreparedArea<'a>,
+    /// The shard emitting; `None`: every owner (the owner is returned with each match).
+    shard: Option<u32>,
     /// Subscribers already judged.
     seen: Vec<u64>,
     filter_ok: Vec<Option<bool>>,
     shape_ok: HashMap<u32, bool>,
     /// Whether the alert is a polygon (exact geometry is costly).
     polygon: bool,
-    out: Vec<Match>,
+    out: Vec<(Match, u32)>,
 }
 
 impl Matching<'_> {
@@ -886,30 +918,39 @@ impl Matching<'_> {
     /// Whether subscriber `id` is not emitted yet, its filter accepts the alert and this
     /// shard owns the pair.
     fn may_emit(&mut self, id: u32) -> bool {
+        self.owner_if_emitted(id).is_some()
+    }
+
+    /// The shard that owns subscriber `id`'s pair when it is not emitted yet, its filter
+    /// accepts the alert and (with a shard given) that shard is the owner.
+    fn owner_if_emitted(&mut self, id: u32) -> Option<u32> {
         if self.seen[id as usize / 64] & (1u64 << (id % 64)) != 0 {
-            return false;
+            return None;
         }
-        let Some(sub) = self.inner.subs[id as usize].as_ref() else { return false };
+        let sub = self.inner.subs[id as usize].as_ref()?;
         let f = sub.filter as usize;
         let accepted = *self.filter_ok[f].get_or_insert_with(|| self.inner.filters[f].accepts(self.alert));
-        accepted
-            && owner_shard(self.alert_shards, sub.home, &self.inner.shard_sets[sub.shard_set as usize])
-                == Some(self.shard)
+        if !accepted {
+            return None;
+        }
+        let owner = owner_shard(self.alert_shards, sub.home, &self.inner.shard_sets[sub.shard_set as usize])?;
+        self.shard.is_none_or(|s| s == owner).then_some(owner)
     }
 
     /// Emits subscriber `id`, one of whose places meets the alert, once, when its filter
     /// accepts the alert and this shard owns the pair.
     fn visit(&mut self, id: u32) {
-        if !self.may_emit(id) {
-            return;
-        }
+        let Some(owner) = self.owner_if_emitted(id) else { return };
         self.seen[id as usize / 64] |= 1u64 << (id % 64);
         let Some(sub) = self.inner.subs[id as usize].as_ref() else { return };
-        self.out.push(Match {
-            tenant: Arc::clone(&self.inner.tenants[usize::from(sub.tenant)]),
-            subscriber_id: Arc::clone(&sub.id),
-            delivery: self.inner.deliveries.get(sub.delivery as usize).map(Arc::clone),
-        });
+        self.out.push((
+            Match {
+                tenant: Arc::clone(&self.inner.tenants[usize::from(sub.tenant)]),
+                subscriber_id: Arc::clone(&sub.id),
+                delivery: self.inner.deliveries.get(sub.delivery as usize).map(Arc::clone),
+            },
+            owner,
+        ));
     }
 }
 

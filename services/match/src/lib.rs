@@ -9,7 +9,9 @@ pub mod assets;
 pub mod delivery;
 pub mod index;
 pub mod matcher;
+pub mod recipients;
 
 pub use assets::{AssetIndex, AssetsConfig, EnrichRule};
 pub use index::SubscriberIndex;
-pub use matcher::{MatchError, Matcher, tenant_partition};
+pub use matcher::{DEFAULT_RECIPIENTS_TTL_SECS, MatchError, Matcher, tenant_partition};
+pub use recipients::Recipients;

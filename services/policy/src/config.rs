@@ -126,6 +126,10 @@ struct RawPolicy {
     region: Vec<RawRegion>,
     #[serde(default)]
     tenant: BTreeMap<String, RawRules>,
+    #[serde(default = "default_expires_after_secs")]
+    default_expires_after_secs: u64,
+    #[serde(default)]
+    expires_after_secs: BTreeMap<String, u64>,
 }
 
 const fn default_max_age_secs() -> u64 {
@@ -142,6 +146,9 @@ const fn default_radius_m() -> f64 {
 }
 const fn default_hold_timeout_secs() -> u64 {
     900
+}
+const fn default_expires_after_secs() -> u64 {
+    3600
 }
 
 /// What happens to a held alert nobody decided on in time.
@@ -253,6 +260,11 @@ pub struct PolicyConfig {
     pub regions: Vec<Region>,
     /// Tenant overrides.
     pub tenants: Vec<TenantRules>,
+    /// How long an alert lives after policy issues it when its feed gives no expiry (CAP
+    /// `expires` always wins), by category prefix (longest wins).
+    pub expires_after_secs: BTreeMap<String, u64>,
+    /// The same for categories without a prefix in `expires_after_secs`.
+    pub default_expires_after_secs: u64,
 }
 
 /// The built-in community-threat defaults: a medical call is one household's emergency
@@ -423,6 +435,15 @@ impl PolicyConfig {
             }
         }
         let default_language = raw.languages[0].clone();
+        if raw.default_expires_after_secs == 0 {
+            return Err(invalid("default_expires_after_secs", "expected at least 1"));
+        }
+        for (p, secs) in &raw.expires_after_secs {
+            validate_prefix(p).map_err(|e| invalid(format!("expires_after_secs.{p}"), e.to_string()))?;
+            if *secs == 0 {
+                return Err(invalid(format!("expires_after_secs.{p}"), "expected at least 1"));
+            }
+        }
         let mut templates = BTreeMap::new();
         let mut language_templates: BTreeMap<String, BTreeMap<String, Template>> = BTreeMap::new();
         for (p, entries) in raw.templates {
@@ -511,7 +532,20 @@ impl PolicyConfig {
             language_templates,
             regions,
             tenants,
+            expires_after_secs: raw.expires_after_secs,
+            default_expires_after_secs: raw.default_expires_after_secs,
         })
+    }
+
+    /// How long an alert of `category` lives after it is issued, when its feed gives no
+    /// expiry: the longest matching `[expires_after_secs]` prefix, else
+    /// `default_expires_after_secs`.
+    pub fn expires_after_secs_for(&self, category: Category) -> u64 {
+        self.expires_after_secs
+            .iter()
+            .filter(|(p, _)| category.matches_prefix(p))
+            .max_by_key(|(p, _)| p.len())
+            .map_or(self.default_expires_after_secs, |(_, s)| *s)
     }
 
     /// The rules for an incident at `at` and their audit name: the first region that

@@ -80,19 +80,20 @@ impl Policy {
         now: Timestamp,
     ) -> Result<Verdict, (&'static str, &'static str)> {
         let i = &event.incident;
-        if event.kind == EventKind::Close {
-            return Err(("lifecycle", "closed"));
-        }
+        // A close is the all-clear of an alert already sent: it reaches that alert's
+        // recipients of record whatever its age or severity now, under the same category
+        // rules (an incident that could not alert has no recipients to tell).
+        let close = event.kind == EventKind::Close;
         if rules.deny.iter().any(|p| i.category.matches_prefix(p)) {
             return Err(("deny_categories", "category_denied"));
         }
         if !rules.allow.iter().any(|p| i.category.matches_prefix(p)) {
             return Err(("allow_categories", "category_not_allowed"));
         }
-        if now.millis_since(i.occurred_at) > (rules.max_age_secs as i64).saturating_mul(1000) {
+        if !close && now.millis_since(i.occurred_at) > (rules.max_age_secs as i64).saturating_mul(1000) {
             return Err(("max_age", "too_old"));
         }
-        if rules.min_severity != Severity::Unspecified && i.severity < rules.min_severity {
+        if !close && rules.min_severity != Severity::Unspecified && i.severity < rules.min_severity {
             return Err(("min_severity", "below_min_severity"));
         }
         // A feed that says nothing does not make an incident public: the category decides.
@@ -199,30 +200,39 @@ impl Stage for Policy {
                     .filter(|t| self.decide(&t.rules, &event, ctx.now).is_err())
                     .map(|t| t.tenant.clone())
                     .collect();
-                let alert = Alert {
-                    alert_id: alert_id.clone(),
-                    incident_id: i.id.clone(),
-                    kind: event.kind,
-                    category: i.category,
-                    severity: i.severity,
-                    urgency: i.urgency,
-                    headline,
-                    body,
-                    place,
-                    coarse_cell,
-                    target,
-                    occurred_at: i.occurred_at,
-                    issued_at: ctx.now,
-                    expires_at: i.expires_at,
-                    required_attributes: verdict.attributes,
-                    excluded_tenants,
-                    rule: scoped(verdict.rule),
-                    published_at: i.published_at,
-                    language,
-                    texts,
-                };
+                let alert =
+                    Alert {
+                        alert_id: alert_id.clone(),
+                        incident_id: i.id.clone(),
+                        kind: event.kind,
+                        category: i.category,
+                        severity: i.severity,
+                        urgency: i.urgency,
+                        headline,
+                        body,
+                        place,
+                        coarse_cell,
+                        target,
+                        occurred_at: i.occurred_at,
+                        issued_at: ctx.now,
+                        // The feed's expiry (CAP `expires`), else the category's lifetime; a
+                        // close ends the alert now.
+                        expires_at: Some(match (event.kind, i.expires_at) {
+                            (EventKind::Close, _) => ctx.now,
+                            (_, Some(t)) => t,
+                            (_, None) => Timestamp(ctx.now.0.saturating_add(
+                                (self.cfg.expires_after_secs_for(i.category) as i64).saturating_mul(1000),
+                            )),
+                        }),
+                        required_attributes: verdict.attributes,
+                        excluded_tenants,
+                        rule: scoped(verdict.rule),
+                        published_at: i.published_at,
+                        language,
+                        texts,
+                    };
                 decision.alert_id = Some(alert_id);
-                if rules.holds(i.category) {
+                if rules.holds(i.category) && event.kind != EventKind::Close {
                     let timeout_ms = (self.cfg.hold_timeout_secs as i64).saturating_mul(1000);
                     decision.decision = Decision::Held;
                     decision.rule = scoped("hold");
@@ -344,6 +354,39 @@ mod tests {
         assert!(center != point, "precise point leaked");
         // The whole intended circle is inside the target.
         assert!(center.distance_m(point) + PolicyConfig::seed().radius_for(alert.category) <= radius_m);
+    }
+
+    #[test]
+    fn expiry_is_the_feeds_else_the_categorys_lifetime_and_a_close_ends_it_now() {
+        let cfg = PolicyConfig::parse(
+            "allow = [\"crime\"]\ndefault_expires_after_secs = 600\n[expires_after_secs]\n\"crime.robbery\" = 7200\n",
+            "p.toml",
+        )
+        .expect("valid");
+        let alert_of = |out: Vec<PolicyOut>| match out.into_iter().next() {
+            Some(PolicyOut::Alert(a)) => a,
+            other => panic!("expected an alert, got {other:?}"),
+        };
+        let robbery = alert_of(run_with(cfg.clone(), event("crime.robbery", 0), NOW));
+        assert_eq!(robbery.expires_at, Some(Timestamp(NOW.0 + 7_200_000)));
+        let burglary = alert_of(run_with(cfg.clone(), event("crime.burglary", 0), NOW));
+        assert_eq!(burglary.expires_at, Some(Timestamp(NOW.0 + 600_000)));
+        let mut cap = event("crime.robbery", 0);
+        cap.incident.expires_at = Some(Timestamp(NOW.0 + 5_000));
+        assert_eq!(alert_of(run_with(cfg.clone(), cap, NOW)).expires_at, Some(Timestamp(NOW.0 + 5_000)));
+        // A close, hours later and below any severity floor, still alerts: its all-clear
+        // expires at once.
+        let mut close = event("crime.robbery", 5 * 3_600_000);
+        close.kind = EventKind::Close;
+        close.incident.severity = Severity::Minor;
+        let a = alert_of(run_with(cfg.clone(), close.clone(), NOW));
+        assert_eq!((a.kind, a.expires_at), (EventKind::Close, Some(NOW)));
+        // ...but not for a category that may never alert.
+        close.incident.category = hexcast_core::Category::parse("weather.storm").expect("known");
+        assert!(!run_with(cfg, close, NOW).iter().any(|o| matches!(o, PolicyOut::Alert(_))));
+        for bad in ["default_expires_after_secs = 0", "[expires_after_secs]\n\"nope\" = 5"] {
+            assert!(PolicyConfig::parse(&format!("allow = [\"crime\"]\n{bad}\n"), "p.toml").is_err(), "{bad}");
+        }
     }
 
     fn run_with(cfg: PolicyConfig, e: IncidentEvent, now: Timestamp) -> Vec<PolicyOut> {

@@ -72,6 +72,14 @@ impl PartitionReader {
         Ok(Self { consumer })
     }
 
+    /// The partition's low and high watermarks (the first offset still in the log and the
+    /// offset the next record will get).
+    pub fn watermarks(&self, rt: &Runtime, topic: Topic, partition: i32) -> Result<(i64, i64), ReadError> {
+        self.consumer
+            .fetch_watermarks(rt.names.name(topic), partition, Duration::from_secs(10))
+            .map_err(|e| ReadError(e.to_string()))
+    }
+
     /// The next record. Consumer errors are logged and retried: a broker that goes away
     /// only makes this wait.
     pub async fn next(&self) -> ReadRecord {

@@ -73,14 +73,19 @@ pub fn specs(names: &TopicNames, cfg: &TopicsConfig) -> Vec<TopicSpec> {
     Topic::ALL
         .iter()
         .map(|&t| {
-            let sharded = matches!(t, Topic::Indexed | Topic::Subscriptions);
+            let sharded = matches!(t, Topic::Indexed | Topic::Subscriptions | Topic::Recipients);
             let sensitive = is_sensitive(t);
             TopicSpec {
                 name: names.name(t).to_owned(),
                 partitions: if sharded { cfg.shards.get() } else { cfg.partitions.get() } as i32,
                 compacted: matches!(
                     t,
-                    Topic::Subscriptions | Topic::DedupState | Topic::Review | Topic::Requests | Topic::Assets
+                    Topic::Subscriptions
+                        | Topic::DedupState
+                        | Topic::Review
+                        | Topic::Requests
+                        | Topic::Assets
+                        | Topic::Recipients
                 ),
                 retention_ms: if sensitive { cfg.sensitive_retention_ms } else { cfg.retention_ms },
             }
@@ -183,6 +188,8 @@ mod tests {
         let get = |t: Topic| specs.iter().find(|s| s.name == names.name(t)).expect("spec").clone();
         assert_eq!(get(Topic::Indexed).partitions, 8);
         assert_eq!(get(Topic::Subscriptions).partitions, 8);
+        assert_eq!(get(Topic::Recipients).partitions, 8);
+        assert!(get(Topic::Recipients).compacted);
         assert!(get(Topic::Subscriptions).compacted);
         assert!(get(Topic::DedupState).compacted);
         assert!(get(Topic::Requests).compacted && get(Topic::Assets).compacted);

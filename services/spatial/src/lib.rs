@@ -5,7 +5,7 @@
 //! (dead-lettered with a reason), not truncated.
 
 use hexcast_core::cells::{CoverError, GeoConfig, ShardMap, area_cells, cover_size_bound};
-use hexcast_core::{Alert, IndexedAlert, ReasonCode, Stage, StageCtx};
+use hexcast_core::{Alert, EventKind, IndexedAlert, ReasonCode, Stage, StageCtx};
 
 /// Why an alert could not be indexed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -40,8 +40,34 @@ impl Spatial {
     }
 
     /// The records for one alert, one per shard touched, in shard order. Matchers cover the
-    /// area themselves at their bucket levels.
+    /// area themselves at their bucket levels. An update or a close goes to every shard:
+    /// the recipients of record of the incident's earlier events are kept by the shards
+    /// that notified them, which its new area may no longer touch. A close names no shard
+    /// (it reaches exactly those recipients, so its area is never covered).
     pub fn index(&self, alert: Alert) -> Result<Vec<IndexedAlert>, SpatialError> {
+        match alert.kind {
+            EventKind::Close => Ok(self.to_every_shard(alert, Vec::new())),
+            EventKind::Update => {
+                let shards = self.cover_shards(&alert)?;
+                Ok(self.to_every_shard(alert, shards))
+            }
+            _ => self.route_by_cover(alert),
+        }
+    }
+
+    /// One record per shard the alert's cover touches, whatever its kind: a geofenced
+    /// request and its cancellation reach the subscribers its area reaches, with no
+    /// recipients of record.
+    pub fn route_by_cover(&self, alert: Alert) -> Result<Vec<IndexedAlert>, SpatialError> {
+        let shards = self.cover_shards(&alert)?;
+        Ok(shards
+            .iter()
+            .map(|&shard| IndexedAlert { alert: alert.clone(), shard, shards: shards.clone(), request: None })
+            .collect())
+    }
+
+    /// The shards the alert's cover touches, ascending.
+    fn cover_shards(&self, alert: &Alert) -> Result<Vec<u32>, SpatialError> {
         // Refuse what the matchers could not cover at their finest bucket level; the cover
         // itself is computed only when the cheap bound does not settle it.
         let nine = h3o::Resolution::Nine;
@@ -55,11 +81,13 @@ impl Spatial {
                 .map(|(c, _)| c)
                 .collect();
         cells.sort_unstable();
-        let shards = self.shards.shards_of(&cells);
-        Ok(shards
-            .iter()
-            .map(|&shard| IndexedAlert { alert: alert.clone(), shard, shards: shards.clone(), request: None })
-            .collect())
+        Ok(self.shards.shards_of(&cells))
+    }
+
+    fn to_every_shard(&self, alert: Alert, shards: Vec<u32>) -> Vec<IndexedAlert> {
+        (0..self.shards.shards.max(1))
+            .map(|shard| IndexedAlert { alert: alert.clone(), shard, shards: shards.clone(), request: None })
+            .collect()
     }
 }
 
@@ -103,6 +131,24 @@ mod tests {
         assert_eq!(shards, recs[0].shards);
         assert!(recs.iter().all(|r| r.shards == recs[0].shards && r.alert == recs[0].alert));
         assert_eq!(s.index(alert(400.0)).expect("indexed").len(), 1);
+    }
+
+    #[test]
+    fn updates_and_closes_reach_every_shard_naming_only_the_covered_ones() {
+        let s = Spatial::new(GeoConfig::default(), 16);
+        let mut update = alert(400.0);
+        update.kind = EventKind::Update;
+        let covered = s.index(alert(400.0)).expect("indexed")[0].shards.clone();
+        let recs = s.index(update.clone()).expect("indexed");
+        assert_eq!(recs.iter().map(|r| r.shard).collect::<Vec<_>>(), (0..16).collect::<Vec<_>>());
+        assert!(recs.iter().all(|r| r.shards == covered));
+        // A close is never covered: even an area too large to cover reaches every shard.
+        let mut close = alert(5_000.0);
+        close.kind = EventKind::Close;
+        let tiny = Spatial::new(GeoConfig { max_cover_cells: 100, ..GeoConfig::default() }, 4);
+        let recs = tiny.index(close).expect("a close is not covered");
+        assert_eq!(recs.len(), 4);
+        assert!(recs.iter().all(|r| r.shards.is_empty()));
     }
 
     #[test]

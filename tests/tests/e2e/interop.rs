@@ -202,6 +202,28 @@ async fn python_grpcio_client_upserts_subscribes_and_resumes_without_loss() {
     }
     assert_eq!(texts.len(), SITES * PER_SITE, "{texts:?}");
 
+    // What the Python backend read for APNs/FCM: an expiry (the seed policy's hour) and one
+    // collapse key per alert, distinct across incidents; one idempotency key per id, never
+    // repeated; ten ids per stored record at three per batch: pieces 0..4 of 4 of part 0/1.
+    let labels = done["labels"].as_array().expect("labels");
+    let mut collapse: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    let mut idem = BTreeSet::new();
+    for l in labels {
+        let alert = l["alert"].as_str().expect("alert").to_owned();
+        let expires = l["expires_at_ms"].as_i64().expect("expires_at_ms");
+        assert!(expires >= now_ms + 3_600_000 - 60_000 && l["expired"] == false, "{l}");
+        collapse.entry(alert).or_default().insert(l["collapse_key"].as_str().expect("key").to_owned());
+        assert_eq!((l["part"].as_u64(), l["parts"].as_u64(), l["pieces"].as_u64()), (Some(0), Some(1), Some(4)), "{l}");
+        assert!(l["piece"].as_u64().is_some_and(|p| p < 4), "{l}");
+        for k in l["idempotency_keys"].as_array().expect("keys") {
+            idem.insert(k.as_str().expect("key").to_owned());
+        }
+    }
+    assert!(collapse.values().all(|k| k.len() == 1 && k.iter().all(|k| k.starts_with("hx-"))), "{collapse:?}");
+    let distinct: BTreeSet<&String> = collapse.values().flatten().collect();
+    assert_eq!(distinct.len(), collapse.len(), "one collapse key per incident");
+    assert_eq!(idem.len(), pairs.len(), "one idempotency key per (alert, subscriber)");
+
     shutdown.cancel();
     running.join().await.expect("clean shutdown");
 }

@@ -13,6 +13,7 @@ mod lifecycle;
 mod load_bench;
 mod oversized;
 mod pipeline;
+mod recipients;
 mod repair;
 mod requests;
 mod resume;
