@@ -191,6 +191,42 @@ async fn wait_text(client: &Client, css: &str, text: &str) -> String {
     }
 }
 
+/// Clicks the element `css` selects, finding it again if the page redrew it in between.
+async fn click(client: &Client, css: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let error = match client.find(Locator::Css(css)).await {
+            Ok(e) => match e.click().await {
+                Ok(_) => return,
+                Err(error) => error,
+            },
+            Err(error) => error,
+        };
+        assert!(std::time::Instant::now() < deadline, "cannot click `{css}`: {error}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Types `text` into the field `css` selects, finding it again if the page redrew it. The
+/// field is cleared first, so a retry does not type the text twice.
+async fn type_into(client: &Client, css: &str, text: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let error = match client.find(Locator::Css(css)).await {
+            Ok(e) => match e.clear().await {
+                Ok(()) => match e.send_keys(text).await {
+                    Ok(()) => return,
+                    Err(error) => error,
+                },
+                Err(error) => error,
+            },
+            Err(error) => error,
+        };
+        assert!(std::time::Instant::now() < deadline, "cannot type into `{css}`: {error}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn wait_gone(client: &Client, css: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     while client.find(Locator::Css(css)).await.is_ok() {
@@ -328,11 +364,14 @@ async fn editors_review_in_a_browser_and_the_public_sees_requests_without_recipi
             .expect("delivered");
     }
     // They appear on the open page without a reload (the page polls).
-    let card = wait_for(&client, "article[data-incident=\"pd:h1\"]").await;
+    wait_for(&client, "article[data-incident=\"pd:h1\"]").await;
     wait_for(&client, "article[data-incident=\"pd:h2\"]").await;
-    let text = card.text().await.expect("card text");
-    assert!(text.contains("crime.hostage") && text.contains("extreme") && text.contains("timeout in"), "{text}");
-    assert!(card.find(Locator::Css("svg.map polygon")).await.is_ok(), "the card has a map of the area");
+    // Read afresh: the page redraws the queue when a hold arrives, and an element found
+    // before that is stale.
+    let h1 = "article[data-incident=\"pd:h1\"]";
+    let text = wait_text(&client, h1, "timeout in").await;
+    assert!(text.contains("crime.hostage") && text.contains("extreme"), "{text}");
+    wait_for(&client, &format!("{h1} svg.map polygon")).await;
     let held = running.review.as_ref().expect("review").pending.lock().expect("pending")["pd:h1"].clone();
     assert!(text.contains(&held.held.alert.headline), "the headline as published: {text}");
 
@@ -348,27 +387,15 @@ async fn editors_review_in_a_browser_and_the_public_sees_requests_without_recipi
     viewport(&client, 1280, 800).await;
 
     // Approve h1; reject h2 with a reason.
-    client
-        .find(Locator::Css("article[data-incident=\"pd:h1\"] form[action=\"/review/approve\"] button"))
-        .await
-        .expect("approve button")
-        .click()
-        .await
-        .expect("approve");
+    click(&client, "article[data-incident=\"pd:h1\"] form[action=\"/review/approve\"] button").await;
     wait_text(&client, "p.flash", "Approved").await;
     // Once the queue applied it, the page (polling) drops the card and lists the decision;
     // after that nothing changes under the reviewer's hands.
     wait_text(&client, "#decisions tr[data-incident=\"pd:h1\"]", "approved").await;
     wait_gone(&client, "article[data-incident=\"pd:h1\"]").await;
     let reject = "article[data-incident=\"pd:h2\"] form[action=\"/review/reject\"]";
-    client
-        .find(Locator::Css(&format!("{reject} input[name=reason]")))
-        .await
-        .expect("reason field")
-        .send_keys("duplicate report")
-        .await
-        .expect("type reason");
-    client.find(Locator::Css(&format!("{reject} button"))).await.expect("reject button").click().await.expect("reject");
+    type_into(&client, &format!("{reject} input[name=reason]"), "duplicate report").await;
+    click(&client, &format!("{reject} button")).await;
     wait_text(&client, "p.flash", "Rejected").await;
     // The decision list (from the audit topic) shows both, by the reviewer, with the reason.
     let row = wait_text(&client, "#decisions tr[data-incident=\"pd:h2\"]", "duplicate report").await;
