@@ -18,9 +18,10 @@
 //! 2. reads how this stage's previous transaction ended from `__transaction_state`, and keeps
 //!    only the pending commits written while that transaction was open (the ones of this
 //!    producer),
-//! 3. commits, in one transaction, the pending offsets if that transaction committed, or the
-//!    stable offsets if it aborted: the group ends exactly where the lost marker would have
-//!    left it, so nothing is read twice and nothing is skipped.
+//! 3. if that transaction committed, commits the pending offsets again in one transaction:
+//!    the group ends exactly where the lost marker would have left it, so nothing is read
+//!    twice and nothing is skipped. If it aborted, nothing is done (see
+//!    [`Finding::LastAborted`]): the stage stays flagged stalled for the runbook.
 //!
 //! This module holds the pure parts (record decoding, the plan) and the reads; the runner
 //! runs the transaction.
@@ -255,6 +256,16 @@ pub enum Finding {
     },
     /// This stage's transaction log shows no decided transaction to finish.
     NoDecision,
+    /// The last decided transaction of this producer aborted. An aborted transaction may
+    /// never have added the offsets partition (it failed before its offsets were sent), so
+    /// the pending commit may be an earlier, committed transaction's: closing it either way
+    /// could skip or repeat records, so it is left for the runbook (the stage is flagged
+    /// stalled). Seen once in a broker-SIGKILL fault run, where rewinding to the stable
+    /// offsets repeated one alert's notifications.
+    LastAborted {
+        /// Pending commits of the group for held partitions.
+        pending_commits: usize,
+    },
     /// Commit these offsets (input topic partition -> offset) to close it.
     Repair {
         /// How the hanging transaction ended in the transaction log.
@@ -317,6 +328,13 @@ pub fn investigate(
         }
     })?;
     let Some(last) = last_decided(&history) else { return Ok(Finding::NoDecision) };
+    // A committed transaction always holds the offsets partition (every transaction of the
+    // runner sends offsets), so its marker would have closed any earlier pending commit of
+    // this producer: a pending commit left now is that transaction's own. An aborted one
+    // proves nothing (see `Finding::LastAborted`).
+    if last.outcome == Outcome::Abort {
+        return Ok(Finding::LastAborted { pending_commits: pending.len() });
+    }
 
     // Ours: written while our last decided transaction was open. The slack covers the
     // clocks of two brokers (the transaction and the group coordinator may differ); it is
