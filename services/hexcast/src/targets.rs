@@ -338,14 +338,7 @@ pub async fn start_with_review(
     review_service: Option<(Tokens, tokio::net::TcpListener)>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
-    let (review_tokens, review_listener) = match review_service {
-        Some((t, l)) => (Some(t), Some(l)),
-        None => (None, None),
-    };
-    let prepared = prepare(cfg, targets, tokens, review_tokens)?;
-    let check = crate::spawn_kafka_check(cfg);
-    let started = start_prepared(cfg, rt, targets, prepared, listener, review_listener, shutdown).await;
-    crate::when_connected(check, started).await
+    start_with_console(cfg, rt, targets, tokens, listener, review_service, None, shutdown).await
 }
 
 /// [`start_with_review`], with the console's operator tokens (overriding

@@ -123,12 +123,7 @@ pub fn follow(
             since_check += 1;
             if !remaining.is_empty() && (idle || since_check >= 4096) {
                 since_check = 0;
-                if let Ok(pos) = consumer.position() {
-                    remaining.retain(|(p, high)| match pos.find_partition(&topic_name, *p).map(|e| e.offset()) {
-                        Some(Offset::Offset(o)) => o < *high,
-                        _ => true,
-                    });
-                }
+                drop_reached(&consumer, &topic_name, &mut remaining);
             }
             if remaining.is_empty() && !st.is_caught_up() {
                 st.caught_up.store(true, Ordering::SeqCst);
@@ -297,12 +292,7 @@ pub fn follow_shards(
             // markers and compaction leave offsets no record carries).
             if !remaining.is_empty() && (idle || at_end || since_check >= 4096) {
                 since_check = 0;
-                if let Ok(pos) = consumer.position() {
-                    remaining.retain(|(p, high)| match pos.find_partition(&topic_name, *p).map(|e| e.offset()) {
-                        Some(Offset::Offset(o)) => o < *high,
-                        _ => true,
-                    });
-                }
+                drop_reached(&consumer, &topic_name, &mut remaining);
             }
             if remaining.is_empty() && !waiting.is_empty() {
                 st.caught_up.store(true, Ordering::SeqCst);
@@ -314,6 +304,18 @@ pub fn follow_shards(
         }
     })?;
     Ok(ShardFollower { tx, status, held: Arc::new(Mutex::new(BTreeSet::new())) })
+}
+
+/// Drops from `remaining` (partition, end) every partition whose consumer position reached
+/// its end: transaction markers and compaction leave offsets no record carries, so the
+/// position, not the last record, says where the consumer really is.
+fn drop_reached(consumer: &BaseConsumer, topic: &str, remaining: &mut Vec<(i32, i64)>) {
+    if let Ok(pos) = consumer.position() {
+        remaining.retain(|(p, high)| match pos.find_partition(topic, *p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o < *high,
+            _ => true,
+        });
+    }
 }
 
 /// Moves the consumer from `held` to `want`: drops what is let go (from the consumer, then

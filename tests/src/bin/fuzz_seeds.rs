@@ -1,5 +1,6 @@
 //! `hexcast-fuzz-seeds`: writes the seed corpora of the cargo-fuzz targets (fuzz/) from the
-//! public data in `../shared/data` at fuzz time, so none of it is copied into the repo.
+//! public data in the folder `HEXCAST_DATA` names (read through `hexcast-testdata`) at fuzz
+//! time, so none of it is copied into the repo.
 //! Feed targets get the files themselves (CSV exports cut into small chunks); protobuf
 //! targets get the records the pipeline's own stages make from that data.
 

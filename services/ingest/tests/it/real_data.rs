@@ -1,5 +1,6 @@
 //! Every file of the shared real data either normalizes or dead-letters with the reason
-//! named here. The data lives beside the repository (`../shared/data`), never inside it.
+//! named here. The data is never inside the repository: it is read from the folder
+//! `HEXCAST_DATA` names (see `hexcast-testdata`), and a missing file fails with one line.
 
 use std::path::{Path, PathBuf};
 
